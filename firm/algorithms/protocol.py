@@ -1,0 +1,60 @@
+"""What an algorithm is: functions over explicit state that engines call (Flower-style configure -> fit -> aggregate).
+
+Per round, an engine:
+    1. sends the global adapter to each sampled client;
+    2. on the client: `update = algorithm.client_update(params, sample_problem, client_state)`,
+       with `params` the live adapter set to the global one, and encodes `update.upload`;
+    3. on the server: `aggregator = algorithm.new_aggregator()`, `aggregator.add(decoded upload,
+       update.num_samples)` per client, then `algorithm.server_update(global, aggregator)`.
+
+Algorithms never do I/O, never print, never import an engine; the engine keeps per-client state
+(`update.client_state`) across rounds and hands it back on the client's next round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from firm.config import Config
+from firm.local_step import LocalProblem, Timer
+from firm.policy import Adapter
+
+
+@dataclass
+class ClientUpdate:
+    """What a client returns: the payload to upload and what to log."""
+
+    upload: Adapter  # what goes over the wire (for one-adapter algorithms: the delta)
+    num_samples: int  # aggregation weight
+    mean_weights: list[float]  # [M] lambdabar_i
+    steps: list[dict[str, Any]] = field(default_factory=list)  # per-local-step log
+    client_state: dict[str, Any] = field(default_factory=dict)  # kept by the engine for the next round
+
+
+class Aggregator(Protocol):
+    def add(self, upload: Adapter, weight: float) -> None: ...
+
+    def update_drift(self) -> float: ...
+
+
+class Algorithm(Protocol):
+    name: str
+
+    def client_update(
+        self,
+        params: dict[str, torch.nn.Parameter],
+        sample_problem: Callable[[int], LocalProblem],
+        client_state: dict[str, Any],
+        timer: Timer | None = None,
+    ) -> ClientUpdate: ...
+
+    def new_aggregator(self) -> Aggregator: ...
+
+    def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter: ...
+
+
+AlgorithmFactory = Callable[[Config], Algorithm]

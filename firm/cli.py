@@ -1,0 +1,74 @@
+"""The `firm` command line: `firm train [--config FILE] [key=value ...]`, `firm config ...`.
+
+User errors (bad config, bad prompt file, unusable run directory, a broken objective) print one
+line `firm: error: ...` and exit with status 2 (input) or 1 (during the run); no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from firm import __version__
+from firm.config import ConfigError, config_to_toml, field_help, load_config
+
+EPILOG_HEAD = "config keys (override any of them as key=value; lists as [a, b]):\n"
+
+
+def _keys_help() -> str:
+    lines = [EPILOG_HEAD]
+    for key, tname, default, doc in field_help():
+        lines.append(f"  {key} ({tname}, default {default})\n      {doc}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="firm", description="Federated multi-objective alignment of language models.")
+    parser.add_argument("--version", action="version", version=f"firm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("train", "train one LoRA adapter across simulated clients and write a run directory"),
+        ("config", "print the resolved config as TOML (defaults <- file <- overrides)"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. federation.rounds=3 algorithm.reg=0.5")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(config_to_toml(config), end="")
+        return 0
+
+    from firm.data import PromptFileError
+    from firm.objectives import ObjectiveError
+    from firm.run import run
+    from firm.rundir import RunDirError
+
+    try:
+        result = run(config)
+    except (PromptFileError, RunDirError) as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    except ObjectiveError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("firm: interrupted; completed rounds and checkpoints are in the run directory", file=sys.stderr)
+        return 130
+    final = result.summary.get("final_eval", {})
+    print(f"run directory: {result.run_dir}")
+    print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + f"; kl {result.summary.get('final_kl', 0.0):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

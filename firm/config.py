@@ -1,0 +1,407 @@
+"""One typed config for a FIRM run: frozen dataclasses, loaded from TOML/YAML, overridable by dotted keys.
+
+Every field has a type, a default and a docstring (the attribute docstring right below it, which
+`firm train --help` prints). A TOML or YAML file and `key=value` overrides on the command line
+are both serialisations of this one tree; `config_from_dict` / `config_to_dict` are the one
+converter pair, and every bad input raises `ConfigError` with a one-line message naming the
+dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: one line, naming the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"
+    """Base causal LM: a Hugging Face hub id, a local path, or `tiny` (random tiny model, no download)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` is float32 on CPU and bfloat16 on GPU."""
+    device: str = "auto"
+    """`auto` (cuda if available, else mps, else cpu), or an explicit torch device such as `cuda:1`."""
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 8
+    """LoRA rank."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """LoRA dropout; 0 keeps the per-objective gradients of one rollout exactly comparable."""
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names that get LoRA adapters."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    prompts_per_step: int = 4
+    """B: prompts sampled from the client's data per local step."""
+    samples_per_prompt: int = 4
+    """G: completions sampled per prompt (the group for group-relative advantages)."""
+    max_new_tokens: int = 24
+    """Maximum completion length in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities for the loss use the same temperature."""
+
+
+@dataclass(frozen=True)
+class ObjectivesConfig:
+    names: tuple[str, ...] = ("positiveness", "conciseness")
+    """Objectives: registered names (`firm.objectives.REGISTRY`) or `module:function` callables."""
+    preference: tuple[float, ...] = ()
+    """Preference vector p over the objectives (non-negative, normalised to sum 1); empty = uniform."""
+
+    @property
+    def preference_vector(self) -> tuple[float, ...]:
+        """p normalised onto the simplex."""
+        if not self.preference:
+            return tuple(1.0 / len(self.names) for _ in self.names)
+        total = sum(self.preference)
+        return tuple(v / total for v in self.preference)
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "firm"
+    """Federated algorithm: a key of `firm.algorithms.REGISTRY` (firm, fedavg, mgda)."""
+    local_steps: int = 2
+    """K: local RL steps per client per round (each with a fresh rollout)."""
+    inner_epochs: int = 1
+    """Optimizer steps per rollout; above 1 the loss uses the clipped importance ratio."""
+    clip_eps: float = 0.2
+    """PPO clip range for the importance ratio when inner_epochs > 1."""
+    lr: float = 5e-3
+    """Client (local) learning rate."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Client optimizer; its state is reset at the start of every round."""
+    server_lr: float = 1.0
+    """eta_g: server step on the averaged client delta."""
+    reg: float = 1.0
+    """FIRM's regularisation strength on the weights (scale-free, see docs/algorithms/firm.md)."""
+    beta_kl: float = 0.05
+    """Weight of the per-token KL penalty to the reference (adapter-disabled) model."""
+    advantage_eps: float = 1e-6
+    """eps in the group-relative advantage (r - mean) / (std + eps)."""
+    vjp: Literal["batched", "loop"] = "batched"
+    """How the M per-objective gradients are taken: one vectorised backward, or M backward passes."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = 4
+    """N: number of clients; the training prompts are split among them."""
+    clients_per_round: int = 2
+    """Clients sampled (without replacement) each round."""
+    rounds: int = 3
+    """Communication rounds."""
+    seed: int = 0
+    """The one seed all randomness derives from."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: str = "builtin"
+    """`builtin` (the small prompt set shipped with firm) or a path to a JSONL file of {"prompt": ...}."""
+    partition: Literal["iid"] = "iid"
+    """How training prompts are split among clients."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_prompts: int = 8
+    """Held-out prompts (never given to a client) used for `eval` and `kl`."""
+    samples_per_prompt: int = 2
+    """Completions per held-out prompt."""
+    every: int = 1
+    """Evaluate the global model every this many rounds (and always after the last)."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs"
+    """Parent directory of run directories."""
+    name: str = ""
+    """Run directory name; empty = `<algorithm>-<timestamp>`."""
+    checkpoint_every: int = 1
+    """Write a resumable checkpoint every this many rounds (and after the last)."""
+    progress: bool = True
+    """Show a progress bar over rounds and clients."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.objectives.names)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the field type `tp` and convert it (lists -> tuples, int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: got {value!r}, allowed: {_type_name(tp)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp} at {key}")  # a bug in this module, not user input
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {dotted!r}; allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted}: expected a table of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {value!r}")
+            kwargs[key] = _build(tp, value, f"{dotted}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _convert(value, tp, dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from nested plain data (a parsed TOML/YAML file)."""
+    config: Config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Nested plain data (tuples as lists) that `config_from_dict` maps back to the same Config."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return plain(dataclasses.asdict(config))  # type: ignore[no-any-return]
+
+
+def config_to_toml(config: Config) -> str:
+    """The config as TOML text (what a run writes to `config.toml`)."""
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(config))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(config: Config) -> None:
+    """Cross-field and range checks; raises ConfigError naming the key."""
+    from firm.algorithms import REGISTRY as ALGORITHMS
+    from firm.objectives import REGISTRY as OBJECTIVES
+
+    names = config.objectives.names
+    if not names:
+        raise ConfigError("objectives.names: at least one objective is required")
+    for i, name in enumerate(names):
+        if name not in OBJECTIVES and ":" not in name:
+            raise ConfigError(
+                f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(OBJECTIVES))} or module:function"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"objectives.names: duplicate objective in {list(names)}")
+    pref = config.objectives.preference
+    if pref:
+        if len(pref) != len(names):
+            raise ConfigError(f"objectives.preference: has {len(pref)} values but objectives.names has {len(names)}; give one weight per objective")
+        if any(v < 0 for v in pref):
+            raise ConfigError(f"objectives.preference: weights must be >= 0, got {list(pref)}")
+        if sum(pref) <= 0:
+            raise ConfigError(f"objectives.preference: weights must not all be zero, got {list(pref)}")
+    if config.algorithm.name not in ALGORITHMS:
+        raise ConfigError(f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted(ALGORITHMS))}")
+    fed = config.federation
+    if fed.clients_per_round > fed.num_clients:
+        raise ConfigError(f"federation.clients_per_round: {fed.clients_per_round} is more than federation.num_clients = {fed.num_clients}")
+    positive = {
+        "lora.r": config.lora.r,
+        "rollout.prompts_per_step": config.rollout.prompts_per_step,
+        "rollout.samples_per_prompt": config.rollout.samples_per_prompt,
+        "rollout.max_new_tokens": config.rollout.max_new_tokens,
+        "rollout.temperature": config.rollout.temperature,
+        "algorithm.local_steps": config.algorithm.local_steps,
+        "algorithm.inner_epochs": config.algorithm.inner_epochs,
+        "algorithm.lr": config.algorithm.lr,
+        "algorithm.server_lr": config.algorithm.server_lr,
+        "algorithm.advantage_eps": config.algorithm.advantage_eps,
+        "federation.num_clients": fed.num_clients,
+        "federation.clients_per_round": fed.clients_per_round,
+        "federation.rounds": fed.rounds,
+        "eval.num_prompts": config.eval.num_prompts,
+        "eval.samples_per_prompt": config.eval.samples_per_prompt,
+        "eval.every": config.eval.every,
+        "output.checkpoint_every": config.output.checkpoint_every,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    non_negative = {
+        "lora.dropout": config.lora.dropout,
+        "algorithm.reg": config.algorithm.reg,
+        "algorithm.beta_kl": config.algorithm.beta_kl,
+        "algorithm.clip_eps": config.algorithm.clip_eps,
+        "federation.seed": fed.seed,
+    }
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if config.rollout.samples_per_prompt < 2:
+        raise ConfigError("rollout.samples_per_prompt: must be >= 2 (group-relative advantages need a group)")
+    if not config.lora.target_modules:
+        raise ConfigError("lora.target_modules: at least one module name is required")
+
+
+# --------------------------------------------------------------------------- files and overrides
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+        return data
+    raise ConfigError(f"{path}: unknown config format {path.suffix!r}; allowed: .toml, .yaml, .yml")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b=value`; the value is read as a TOML value (`3`, `0.5`, `true`, `[1, 2]`, `"x"`), else a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. federation.rounds=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: the key must be dotted names, e.g. algorithm.reg=0.5")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- file (TOML or YAML) <- `key=value` overrides, then type checks and validation."""
+    data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return config_from_dict(data)
+
+
+def field_help() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, docstring) for every leaf field, read from the attribute docstrings."""
+    rows: list[tuple[str, str, str, str]] = []
+    defaults = config_to_dict(Config())
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        docs = _attribute_docstrings(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            tname = _type_name(tp).removeprefix("an ").removeprefix("a ")
+            rows.append((f"{section.name}.{f.name}", tname, repr(defaults[section.name][f.name]), docs.get(f.name, "")))
+    return rows
+
+
+def _attribute_docstrings(cls: type) -> dict[str, str]:
+    """Map field name -> the string literal that follows its annotation in the class body."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+

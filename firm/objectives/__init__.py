@@ -1,0 +1,90 @@
+"""Objectives: reward functions r_m(prompt, completion) -> float, scored in batches.
+
+An objective is any callable with the TRL reward-function signature
+
+    def reward(prompts: list[str], completions: list[str], **kwargs) -> list[float]
+
+returning one float per completion. Keyword arguments firm passes (accept `**kwargs` and ignore
+what you do not need):
+
+- `completion_ids`: list[list[int]], the sampled token ids of each completion;
+- `group`: list[int], the index of the prompt each completion was sampled for (the G samples of
+  one prompt share a group), for objectives defined across a prompt's samples.
+
+No base class: a plain function is an objective. `REGISTRY` (a plain dict) maps the built-in
+names; `module:function` in the config imports a user's function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+from firm.objectives.conciseness import conciseness
+from firm.objectives.diversity import diversity
+from firm.objectives.positiveness import positiveness
+
+
+class Objective(Protocol):
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> Sequence[float]: ...
+
+
+REGISTRY: dict[str, Objective] = {
+    "positiveness": positiveness,
+    "conciseness": conciseness,
+    "diversity": diversity,
+}
+
+
+class ObjectiveError(RuntimeError):
+    """An objective returned something unusable (wrong count, NaN, not numbers)."""
+
+
+def resolve_objective(name: str) -> Objective:
+    """A registered name, or `module:function` imported from the Python path."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" not in name:
+        raise KeyError(f"unknown objective {name!r}; allowed: {', '.join(sorted(REGISTRY))} or module:function")
+    module_name, func_name = name.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise KeyError(f"objective {name!r}: cannot import module {module_name!r} ({err})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise KeyError(f"objective {name!r}: module {module_name!r} has no callable {func_name!r}")
+    return func  # type: ignore[no-any-return]
+
+
+def score(
+    objectives: Sequence[tuple[str, Objective]],
+    prompts: list[str],
+    completions: list[str],
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Score every completion with every objective.
+
+    Returns:
+        rewards  # [S, M] float32, S = len(completions), column m = objective m
+    """
+    columns = []
+    for name, fn in objectives:
+        values = list(fn(prompts, completions, **kwargs))
+        if len(values) != len(completions):
+            raise ObjectiveError(f"objective {name!r} returned {len(values)} rewards for {len(completions)} completions")
+        try:
+            floats = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ObjectiveError(f"objective {name!r} returned a value that is not a number") from None
+        if not all(math.isfinite(v) for v in floats):
+            raise ObjectiveError(f"objective {name!r} returned NaN or Inf")
+        columns.append(floats)
+    return torch.tensor(columns, dtype=torch.float32).T.contiguous()
+
+
+__all__ = ["REGISTRY", "Objective", "ObjectiveError", "resolve_objective", "score"]

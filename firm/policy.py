@@ -1,0 +1,193 @@
+"""The policy: a frozen base causal LM plus one LoRA adapter (peft), and the tiny offline model.
+
+pi_theta = base model + LoRA adapter theta (the only trainable and the only communicated
+parameters). pi_ref = the same model with the adapter disabled (`model.disable_adapter()`), so
+the reference costs no second copy of the weights (DESIGN.md section 1).
+
+`tiny` builds a randomly initialised 2-layer Llama with its own word-level tokenizer from code,
+with no download: it is what tests and CI use.
+
+This is the one module that imports transformers and peft for the policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from firm.config import LoraConfig, ModelConfig
+from firm.data import BUILTIN_PROMPTS
+
+Adapter = dict[str, torch.Tensor]
+"""Adapter tensors by parameter name (plain CPU tensors when communicated)."""
+
+TINY_EXTRA_WORDS = (
+    "good great happy love wonderful nice kind lovely joy best beautiful glad excellent fun calm "
+    "bad sad hate awful terrible angry ugly worst boring pain hurt fear tired wrong poor "
+    "yes no maybe i you we they it is are was be the a an and or but to of in on for with "
+    "this that very so really just not can will would should do make think feel like know"
+)
+"""Words beyond the built-in prompts in the tiny vocabulary, with clear VADER sentiment on both sides."""
+
+
+@dataclass
+class Policy:
+    """The live model (base + LoRA), its tokenizer and device."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    name: str
+
+    @property
+    def params(self) -> dict[str, torch.nn.Parameter]:
+        """The trainable LoRA parameters by name, in a fixed order (the adapter layout)."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def get_adapter(self) -> Adapter:
+        """A detached CPU copy of the adapter tensors."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
+
+    def set_adapter(self, adapter: Adapter) -> None:
+        """Copy adapter tensors into the live LoRA parameters (keys and shapes must match)."""
+        params = self.params
+        if adapter.keys() != params.keys():
+            missing, extra = params.keys() - adapter.keys(), adapter.keys() - params.keys()
+            raise ValueError(f"adapter does not match the model: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+        with torch.no_grad():
+            for n, p in params.items():
+                if adapter[n].shape != p.shape:
+                    raise ValueError(f"adapter tensor {n} has shape {tuple(adapter[n].shape)}, the model expects {tuple(p.shape)}")
+                p.copy_(adapter[n])
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """pi_ref: the base model with the adapter disabled, inside this context."""
+        with self.model.disable_adapter():
+            yield
+
+    def format_prompt(self, text: str) -> str:
+        """Apply the tokenizer's chat template (as one user turn) when it has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            out = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            return str(out)
+        return text
+
+    def save_adapter(self, adapter: Adapter, directory: str | Path) -> None:
+        """Write `adapter` in the standard PEFT layout (adapter_config.json + adapter_model.safetensors)."""
+        current = self.get_adapter()
+        self.set_adapter(adapter)
+        try:
+            self.model.save_pretrained(str(directory))
+        finally:
+            self.set_adapter(current)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` -> cuda if available, else mps, else cpu; otherwise the given torch device."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(spec)
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto` -> bfloat16 on CUDA, float32 elsewhere."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+
+
+def tiny_vocabulary() -> list[str]:
+    """Special tokens, punctuation, and every word of the built-in prompts plus TINY_EXTRA_WORDS."""
+    words: set[str] = set(TINY_EXTRA_WORDS.split())
+    for prompt in BUILTIN_PROMPTS:
+        words.update(re.findall(r"\w+", prompt.lower()))
+    return ["[PAD]", "[UNK]", "[EOS]", ".", ",", "?", "!", "'"] + sorted(words)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A lower-casing word-level tokenizer over `tiny_vocabulary()`, built in memory."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(tiny_vocabulary())}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]"
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_model(seed: int, vocab_size: int) -> LlamaForCausalLM:
+    """A randomly initialised 2-layer, width-128 Llama; the same seed gives the same weights."""
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    # Weight init draws from the global generator; fork it so library code never reseeds the caller's.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
+
+
+def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Policy:
+    """Base model (hub id, local path or `tiny`) + a fresh LoRA adapter, on the configured device.
+
+    The LoRA A matrices are initialised from `seed` (B = 0, so the adapter starts as the identity).
+    """
+    device = resolve_device(model_cfg.device)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    if model_cfg.name == "tiny":
+        tokenizer = build_tiny_tokenizer()
+        base = build_tiny_model(seed, vocab_size=len(tokenizer))
+        base = base.to(dtype=dtype)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_cfg.name)
+        base = AutoModelForCausalLM.from_pretrained(model_cfg.name, dtype=dtype)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    base.to(device)
+    base.eval()  # no dropout in the base; LoRA dropout is configured separately
+    peft_cfg = PeftLoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,  # type: ignore[arg-type]  # peft accepts float alpha
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = get_peft_model(base, peft_cfg)
+    model.eval()
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"lora.target_modules {list(lora_cfg.target_modules)} matched no module of {model_cfg.name}")
+    return Policy(model=model, tokenizer=tokenizer, device=device, name=model_cfg.name)

@@ -1,0 +1,155 @@
+"""The per-objective policy-gradient problem of one rollout batch (DESIGN.md section 2, steps 1-5).
+
+For a batch of B prompts x G samples (S = B * G sequences, T completion tokens, N = number of
+real completion tokens in the batch):
+
+    advantages  A[s, m] = (r[s, m] - mean_g r[., m]) / (std_g r[., m] + eps)     per prompt group
+    ratio       rho[s, t] = exp(logp[s, t] - logp_old[s, t])                     1 on the first epoch
+    L_m         = -(1/N) sum_{s,t} min(rho A[s, m], clip(rho, 1 - c, 1 + c) A[s, m])    token-level
+    KL          = (1/N) sum_{s,t} k3[s, t],  k3 = exp(ref - logp) - (ref - logp) - 1    (Schulman's k3)
+    g_m = dL_m / dtheta,  g_kl = beta_kl dKL / dtheta                         (LoRA parameters only)
+
+Every loss is a sum over tokens of a function of the per-token log-prob logp[s, t], so its
+gradient is a vector-Jacobian product of the one graph logp(theta) with a cotangent written in
+closed form (no second forward):
+
+    dL_m / dlogp[s, t]  = -(1/N) A[s, m] rho[s, t]   where the unclipped branch is active, else 0
+    dKL / dlogp[s, t]   =  (1/N) (1 - exp(ref[s, t] - logp[s, t]))
+
+`objective_gradients` stacks the M + 1 cotangents and takes them through one vectorised backward
+(`is_grads_batched=True`, config `algorithm.vjp = "batched"`) or M + 1 backward passes with a
+retained graph (`"loop"`, the reference path); `combined_gradient` folds the weights into one
+cotangent and runs one backward. Tests check both against autograd on the explicit losses.
+
+Deliberate choices: the std in the advantage is the population std over the G samples; a group
+whose rewards are all equal gets advantage 0. Log-probs use the sampling temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from firm.data import Prompt
+from firm.local_step import Timer, flatten
+from firm.objectives import Objective, score
+from firm.policy import Policy
+from firm.rollout import Rollout, sample, token_logprobs
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
+    """Per-objective group-relative advantages.
+
+    Args:
+        rewards: [S, M] with S = B * G, prompt-major (the G samples of a prompt are contiguous).
+
+    Returns:
+        advantages  # [S, M]: (r - group mean) / (group std + eps), per prompt and objective
+    """
+    num_seq, num_obj = rewards.shape
+    grouped = rewards.view(num_seq // group_size, group_size, num_obj)  # [B, G, M]
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True, unbiased=False)
+    return ((grouped - mean) / (std + eps)).view(num_seq, num_obj)
+
+
+class PolicyGradientProblem:
+    """One rollout batch on one client, with the per-objective losses of DESIGN.md section 2."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        objectives: Sequence[tuple[str, Objective]],
+        prompts: Sequence[Prompt],
+        samples_per_prompt: int,
+        max_new_tokens: int,
+        temperature: float,
+        beta_kl: float,
+        clip_eps: float,
+        advantage_eps: float,
+        generator: torch.Generator,
+        vjp: Literal["batched", "loop"] = "batched",
+        timer: Timer | None = None,
+    ) -> None:
+        self.policy = policy
+        self.temperature = temperature
+        self.beta_kl = beta_kl
+        self.clip_eps = clip_eps
+        self.vjp = vjp
+        self.timer = timer or Timer(policy.device)
+        self.params = list(policy.params.values())
+
+        with self.timer.phase("rollout"):
+            self.rollout: Rollout = sample(
+                policy, [p.text for p in prompts], samples_per_prompt, max_new_tokens, temperature, generator
+            )
+        with self.timer.phase("scoring"):
+            references = [prompts[g].reference for g in self.rollout.group]
+            rewards = score(
+                objectives,
+                [prompts[g].text for g in self.rollout.group],
+                self.rollout.completions,
+                completion_ids=self.rollout.completion_ids,
+                group=self.rollout.group,
+                reference=references,
+            )  # [S, M]
+        device = policy.device
+        self.rewards = rewards
+        self.advantages = group_advantages(rewards, samples_per_prompt, advantage_eps).to(device)  # [S, M]
+        with self.timer.phase("forward"), torch.no_grad(), policy.reference():
+            self.ref_logprobs = token_logprobs(policy, self.rollout, temperature)  # [S, T]
+        self.old_logprobs: torch.Tensor | None = None
+        self.mask = self.rollout.completion_mask  # [S, T]
+        self.num_tokens = self.mask.sum().clamp(min=1.0)
+        self.num_samples = self.rollout.num_sequences
+        self.stats: dict[str, float | list[float]] = {
+            "reward": rewards.mean(dim=0).tolist(),
+            "completion_tokens": float(self.mask.sum(dim=1).mean()),
+        }
+
+    def _logprobs_and_cotangents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward with grad; returns logp [S, T], objective cotangents [M, S, T], KL cotangent [S, T]."""
+        with self.timer.phase("forward"):
+            logp = token_logprobs(self.policy, self.rollout, self.temperature)  # [S, T]
+        if self.old_logprobs is None:
+            self.old_logprobs = logp.detach()
+        lp = logp.detach()
+        ratio = torch.exp(lp - self.old_logprobs)  # [S, T]
+        adv = self.advantages.T[:, :, None]  # [M, S, 1]
+        clipped = ((adv > 0) & (ratio > 1 + self.clip_eps)) | ((adv < 0) & (ratio < 1 - self.clip_eps))  # [M, S, T]
+        objective_cot = torch.where(clipped, 0.0, -adv * ratio) * self.mask / self.num_tokens  # [M, S, T]
+        log_ratio_ref = self.ref_logprobs - lp
+        kl_cot = self.beta_kl * (1.0 - torch.exp(log_ratio_ref)) * self.mask / self.num_tokens  # [S, T]
+        k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1.0
+        self.stats["kl"] = float((k3 * self.mask).sum() / self.num_tokens)
+        return logp, objective_cot, kl_cot
+
+    def _vjp(self, logp: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:
+        """[K, S, T] cotangents -> [K, d] gradients on the LoRA parameters."""
+        with self.timer.phase("backward"):
+            if self.vjp == "batched":
+                grads = torch.autograd.grad(logp, self.params, grad_outputs=cotangents, is_grads_batched=True)
+                return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+            rows = []
+            for k in range(cotangents.shape[0]):
+                last = k == cotangents.shape[0] - 1
+                grads = torch.autograd.grad(logp, self.params, grad_outputs=cotangents[k], retain_graph=not last)
+                rows.append(flatten(list(grads)))
+            return torch.stack(rows)
+
+    def objective_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g [M, d], g_kl [d]) at the current adapter, from one forward and M + 1 VJPs."""
+        logp, objective_cot, kl_cot = self._logprobs_and_cotangents()
+        grads = self._vjp(logp, torch.cat([objective_cot, kl_cot[None]], dim=0))  # [M + 1, d]
+        return grads[:-1], grads[-1]
+
+    def combined_gradient(self, weights: torch.Tensor) -> torch.Tensor:
+        """[d] gradient of sum_m weights_m L_m + beta_kl KL, from one forward and one backward."""
+        logp, objective_cot, kl_cot = self._logprobs_and_cotangents()
+        w = weights.to(objective_cot.dtype).to(objective_cot.device)
+        cot = torch.einsum("m,mst->st", w, objective_cot) + kl_cot  # [S, T]
+        with self.timer.phase("backward"):
+            grads = torch.autograd.grad(logp, self.params, grad_outputs=cot)
+        return flatten(list(grads))

@@ -1,0 +1,145 @@
+"""`firm.run(config)`: one federated training run, written out top to bottom.
+
+build policy, objectives, data, algorithm -> evaluate the initial adapter -> for each round:
+engine round (clients' local steps, uploads, aggregation) -> evaluate -> metrics row ->
+checkpoint -> final adapter and summary. `firm train` is this function behind the CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firm import __version__
+from firm.algorithms import REGISTRY as ALGORITHMS
+from firm.codec import encode
+from firm.config import Config, validate
+from firm.data import load_prompts, split_prompts
+from firm.engines.inprocess import InProcessEngine
+from firm.evaluation import evaluate
+from firm.objectives import resolve_objective
+from firm.policy import Adapter, build_policy
+from firm.rundir import RunDir
+
+
+@dataclass
+class RunResult:
+    """What `run` returns: where everything was written, and the figures in memory."""
+
+    run_dir: Path
+    final_adapter: Adapter
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _mean_train_rewards(steps: dict[int, list[dict[str, Any]]], names: list[str]) -> dict[str, float]:
+    rows = [s["reward"] for client_steps in steps.values() for s in client_steps if "reward" in s]
+    if not rows:
+        return {}
+    return {name: sum(r[m] for r in rows) / len(rows) for m, name in enumerate(names)}
+
+
+def run(config: Config) -> RunResult:
+    """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs."""
+    validate(config)
+    start = time.perf_counter()
+    fed, ev = config.federation, config.eval
+    names = list(config.objectives.names)
+    objectives = [(name, resolve_objective(name)) for name in names]
+    prompts = split_prompts(load_prompts(config.data.prompts), fed.num_clients, ev.num_prompts, fed.seed)
+    policy = build_policy(config.model, config.lora, fed.seed)
+    algorithm = ALGORITHMS[config.algorithm.name](config)
+    engine = InProcessEngine(policy, algorithm, objectives, prompts.clients, config)
+    run_dir = RunDir(config, __version__)
+
+    def run_eval() -> tuple[dict[str, float], float]:
+        ro = config.rollout
+        return evaluate(policy, objectives, prompts.eval, ev.samples_per_prompt, ro.max_new_tokens, ro.temperature, fed.seed)
+
+    global_adapter = policy.get_adapter()
+    adapter_bytes = len(encode(global_adapter))
+    initial_eval, initial_kl = run_eval()
+    metrics: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {
+        "firm_version": __version__,
+        "algorithm": config.algorithm.name,
+        "model": config.model.name,
+        "objectives": names,
+        "preference": list(config.objectives.preference_vector),
+        "device": str(policy.device),
+        "adapter_parameters": sum(t.numel() for t in global_adapter.values()),
+        "adapter_bytes": adapter_bytes,
+        "initial_eval": initial_eval,
+        "initial_kl": initial_kl,
+        "status": "running",
+    }
+    progress = _progress(config)
+    try:
+        for round_idx in range(1, fed.rounds + 1):
+            progress.set_description(f"round {round_idx}/{fed.rounds}")
+            round_start = time.perf_counter()
+            outcome = engine.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
+            global_adapter = outcome.global_adapter
+            eval_rewards: dict[str, float] | None = None
+            kl: float | None = None
+            times = dict(outcome.times)
+            if round_idx % ev.every == 0 or round_idx == fed.rounds:
+                eval_start = time.perf_counter()
+                eval_rewards, kl = run_eval()
+                times["eval"] = time.perf_counter() - eval_start
+            times["round"] = time.perf_counter() - round_start
+            weight_rows = list(outcome.weights.values())
+            row: dict[str, Any] = {
+                "round": round_idx,
+                "clients": outcome.client_ids,
+                "eval": eval_rewards,
+                "kl": kl,
+                "train": {"reward": _mean_train_rewards(outcome.steps, names)},
+                "weights": {str(c): w for c, w in outcome.weights.items()},
+                "drift": {"weights": _weights_drift(weight_rows), "updates": outcome.drift_updates},
+                "comm": {"upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes},
+                "time_s": times,
+                "local": {str(c): s for c, s in outcome.steps.items()},
+            }
+            run_dir.append_metrics(row)
+            metrics.append(row)
+            if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
+                state = {"round": round_idx, "algorithm": algorithm.name, "seed": fed.seed, "client_states": {str(k): v for k, v in engine.client_states.items()}}
+                run_dir.write_checkpoint(round_idx, lambda d: policy.save_adapter(global_adapter, d), state)
+            if eval_rewards is not None:
+                progress.set_postfix({k[:12]: f"{v:.3f}" for k, v in eval_rewards.items()})
+        final_dir = run_dir.write_final_adapter(lambda d: policy.save_adapter(global_adapter, d))
+        final = next((m for m in reversed(metrics) if m["eval"] is not None), None)
+        summary.update(
+            status="completed",
+            rounds=fed.rounds,
+            final_eval=final["eval"] if final else initial_eval,
+            final_kl=final["kl"] if final else initial_kl,
+            final_drift=metrics[-1]["drift"] if metrics else None,
+            total_upload_bytes=sum(m["comm"]["upload_bytes"] for m in metrics),
+            total_download_bytes=sum(m["comm"]["download_bytes"] for m in metrics),
+            final_adapter=str(final_dir),
+        )
+    except BaseException as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}", rounds_completed=len(metrics))
+        raise
+    finally:
+        progress.close()
+        summary["wall_time_s"] = time.perf_counter() - start
+        run_dir.write_summary(summary)
+    return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary)
+
+
+def _weights_drift(rows: list[list[float]]) -> float:
+    from firm.aggregation import weights_drift
+
+    return weights_drift(rows) if rows else 0.0
+
+
+def _progress(config: Config) -> Any:
+    from tqdm.auto import tqdm
+
+    fed = config.federation
+    return tqdm(total=fed.rounds * fed.clients_per_round, unit="client", disable=not config.output.progress, dynamic_ncols=True)
