@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from firm.policy import Adapter
+from firm.codec import Adapter
 
 
 class RunningMean:

@@ -31,9 +31,13 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "train one LoRA adapter across simulated clients and write a run directory"),
         ("config", "print the resolved config as TOML (defaults <- file <- overrides)"),
     ):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         p.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. federation.rounds=3 algorithm.reg=0.5")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. federation.rounds=3 algorithm.reg=0.5"
+        )
     return parser
 
 
@@ -66,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     final = result.summary.get("final_eval", {})
     print(f"run directory: {result.run_dir}")
-    print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + f"; kl {result.summary.get('final_kl', 0.0):.4f}")
+    print(
+        "final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + f"; kl {result.summary.get('final_kl', 0.0):.4f}"
+    )
     return 0
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import safetensors.torch
 import torch
 
-from firm.policy import Adapter
+Adapter = dict[str, torch.Tensor]
+"""Adapter tensors (or adapter-shaped deltas) by parameter name."""
 
 
 def encode(tensors: Adapter) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import textwrap
 import tomllib
 import typing
@@ -210,11 +211,15 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown key {dotted!r}; allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown key {dotted!r}; allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
+            )
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{dotted}: expected a table of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {value!r}")
+                raise ConfigError(
+                    f"{dotted}: expected a table of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {value!r}"
+                )
             kwargs[key] = _build(tp, value, f"{dotted}.")  # type: ignore[arg-type]
         else:
             kwargs[key] = _convert(value, tp, dotted)
@@ -238,7 +243,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             return {k: plain(v) for k, v in x.items()}
         return x
 
-    return plain(dataclasses.asdict(config))  # type: ignore[no-any-return]
+    result: dict[str, Any] = plain(dataclasses.asdict(config))
+    return result
 
 
 def config_to_toml(config: Config) -> str:
@@ -269,16 +275,22 @@ def validate(config: Config) -> None:
     pref = config.objectives.preference
     if pref:
         if len(pref) != len(names):
-            raise ConfigError(f"objectives.preference: has {len(pref)} values but objectives.names has {len(names)}; give one weight per objective")
+            raise ConfigError(
+                f"objectives.preference: has {len(pref)} values but objectives.names has {len(names)}; give one weight per objective"
+            )
         if any(v < 0 for v in pref):
             raise ConfigError(f"objectives.preference: weights must be >= 0, got {list(pref)}")
         if sum(pref) <= 0:
             raise ConfigError(f"objectives.preference: weights must not all be zero, got {list(pref)}")
     if config.algorithm.name not in ALGORITHMS:
-        raise ConfigError(f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted(ALGORITHMS))}")
+        raise ConfigError(
+            f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted(ALGORITHMS))}"
+        )
     fed = config.federation
     if fed.clients_per_round > fed.num_clients:
-        raise ConfigError(f"federation.clients_per_round: {fed.clients_per_round} is more than federation.num_clients = {fed.num_clients}")
+        raise ConfigError(
+            f"federation.clients_per_round: {fed.clients_per_round} is more than federation.num_clients = {fed.num_clients}"
+        )
     positive = {
         "lora.r": config.lora.r,
         "rollout.prompts_per_step": config.rollout.prompts_per_step,
@@ -394,7 +406,7 @@ def _attribute_docstrings(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
+    for node, nxt in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
@@ -404,4 +416,3 @@ def _attribute_docstrings(cls: type) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
-

@@ -129,9 +129,7 @@ def load_prompts(source: str) -> list[Prompt]:
 def split_prompts(prompts: list[Prompt], num_clients: int, num_eval: int, seed: int) -> FederatedPrompts:
     """Shuffle with `seed`, hold out `num_eval` prompts for evaluation, deal the rest IID to clients."""
     if len(prompts) < num_eval + num_clients:
-        raise ValueError(
-            f"{len(prompts)} prompts are too few for {num_eval} held-out prompts and {num_clients} clients"
-        )
+        raise ValueError(f"{len(prompts)} prompts are too few for {num_eval} held-out prompts and {num_clients} clients")
     order = np.random.default_rng([seed, 0xDA7A]).permutation(len(prompts))
     shuffled = [prompts[i] for i in order]
     held_out, train = shuffled[:num_eval], shuffled[num_eval:]

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from firm.policy import Adapter
+from firm.codec import Adapter
 
 WeightingRule = Callable[[torch.Tensor], torch.Tensor]
 """gram [M, M] -> weights [M] on the simplex."""

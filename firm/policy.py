@@ -21,13 +21,18 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from firm.codec import Adapter
 from firm.config import LoraConfig, ModelConfig
 from firm.data import BUILTIN_PROMPTS
-
-Adapter = dict[str, torch.Tensor]
-"""Adapter tensors by parameter name (plain CPU tensors when communicated)."""
 
 TINY_EXTRA_WORDS = (
     "good great happy love wonderful nice kind lovely joy best beautiful glad excellent fun calm "
@@ -65,7 +70,9 @@ class Policy:
         with torch.no_grad():
             for n, p in params.items():
                 if adapter[n].shape != p.shape:
-                    raise ValueError(f"adapter tensor {n} has shape {tuple(adapter[n].shape)}, the model expects {tuple(p.shape)}")
+                    raise ValueError(
+                        f"adapter tensor {n} has shape {tuple(adapter[n].shape)}, the model expects {tuple(p.shape)}"
+                    )
                 p.copy_(adapter[n])
 
     @contextlib.contextmanager
@@ -116,7 +123,7 @@ def tiny_vocabulary() -> list[str]:
     words: set[str] = set(TINY_EXTRA_WORDS.split())
     for prompt in BUILTIN_PROMPTS:
         words.update(re.findall(r"\w+", prompt.lower()))
-    return ["[PAD]", "[UNK]", "[EOS]", ".", ",", "?", "!", "'"] + sorted(words)
+    return ["[PAD]", "[UNK]", "[EOS]", ".", ",", "?", "!", "'", *sorted(words)]
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
@@ -129,9 +136,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
     tokenizer.padding_side = "left"
     return tokenizer
 
@@ -165,17 +170,17 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
     """
     device = resolve_device(model_cfg.device)
     dtype = resolve_dtype(model_cfg.dtype, device)
+    base: PreTrainedModel
     if model_cfg.name == "tiny":
         tokenizer = build_tiny_tokenizer()
-        base = build_tiny_model(seed, vocab_size=len(tokenizer))
-        base = base.to(dtype=dtype)
+        base = build_tiny_model(seed, vocab_size=len(tokenizer)).to(dtype=dtype)  # type: ignore[call-arg]
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_cfg.name)
         base = AutoModelForCausalLM.from_pretrained(model_cfg.name, dtype=dtype)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    base.to(device)
+    base = base.to(device)  # type: ignore[arg-type]
     base.eval()  # no dropout in the base; LoRA dropout is configured separately
     peft_cfg = PeftLoraConfig(
         r=lora_cfg.r,

@@ -89,7 +89,9 @@ def sample(
             if bool(finished.all()):  # sync point: one bool per decoded token
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+            out = model(
+                input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+            )
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
         completion = torch.stack(tokens, dim=1).clone()  # [S, T], clone leaves inference mode

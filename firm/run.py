@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from firm import __version__
 from firm.algorithms import REGISTRY as ALGORITHMS
-from firm.codec import encode
+from firm.codec import Adapter, encode
 from firm.config import Config, validate
 from firm.data import load_prompts, split_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.evaluation import evaluate
 from firm.objectives import resolve_objective
-from firm.policy import Adapter, build_policy
+from firm.policy import Policy, build_policy
 from firm.rundir import RunDir
 
 
@@ -106,11 +107,16 @@ def run(config: Config) -> RunResult:
             run_dir.append_metrics(row)
             metrics.append(row)
             if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
-                state = {"round": round_idx, "algorithm": algorithm.name, "seed": fed.seed, "client_states": {str(k): v for k, v in engine.client_states.items()}}
-                run_dir.write_checkpoint(round_idx, lambda d: policy.save_adapter(global_adapter, d), state)
+                state = {
+                    "round": round_idx,
+                    "algorithm": algorithm.name,
+                    "seed": fed.seed,
+                    "client_states": {str(k): v for k, v in engine.client_states.items()},
+                }
+                run_dir.write_checkpoint(round_idx, partial(_save, policy, global_adapter), state)
             if eval_rewards is not None:
                 progress.set_postfix({k[:12]: f"{v:.3f}" for k, v in eval_rewards.items()})
-        final_dir = run_dir.write_final_adapter(lambda d: policy.save_adapter(global_adapter, d))
+        final_dir = run_dir.write_final_adapter(partial(_save, policy, global_adapter))
         final = next((m for m in reversed(metrics) if m["eval"] is not None), None)
         summary.update(
             status="completed",
@@ -130,6 +136,10 @@ def run(config: Config) -> RunResult:
         summary["wall_time_s"] = time.perf_counter() - start
         run_dir.write_summary(summary)
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary)
+
+
+def _save(policy: Policy, adapter: Adapter, directory: Path) -> None:
+    policy.save_adapter(adapter, directory)
 
 
 def _weights_drift(rows: list[list[float]]) -> float:

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import ClientUpdate
+from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.codec import Adapter
 from firm.config import Config
 from firm.local_step import LocalProblem, Timer, local_update
-from firm.policy import Adapter
 
 
 @dataclass(frozen=True)
@@ -50,5 +50,6 @@ class FedAvg:
     def new_aggregator(self) -> RunningMean:
         return RunningMean()
 
-    def server_update(self, global_adapter: Adapter, aggregator: RunningMean) -> Adapter:  # type: ignore[override]
+    def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter:
+        assert isinstance(aggregator, RunningMean)
         return apply_mean_delta(global_adapter, aggregator, self.server_lr)

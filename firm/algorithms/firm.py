@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import ClientUpdate
+from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.codec import Adapter
 from firm.config import Config
 from firm.local_step import LocalProblem, Timer, local_update
-from firm.policy import Adapter
 from firm.solvers import firm_weights
 
 
@@ -49,7 +49,7 @@ class Firm:
 
     def weights(self, gram: torch.Tensor) -> torch.Tensor:
         """The in-client regularized weighting rule."""
-        return firm_weights(gram, torch.tensor(self.anchor, dtype=gram.dtype), self.reg)  # type: ignore[return-value]
+        return firm_weights(gram, torch.tensor(self.anchor, dtype=gram.dtype), self.reg)
 
     def client_update(
         self,
@@ -66,5 +66,6 @@ class Firm:
     def new_aggregator(self) -> RunningMean:
         return RunningMean()
 
-    def server_update(self, global_adapter: Adapter, aggregator: RunningMean) -> Adapter:  # type: ignore[override]
+    def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter:
+        assert isinstance(aggregator, RunningMean)
         return apply_mean_delta(global_adapter, aggregator, self.server_lr)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import ClientUpdate
+from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.codec import Adapter
 from firm.config import Config
 from firm.local_step import LocalProblem, Timer, local_update
-from firm.policy import Adapter
 from firm.solvers import min_norm_weights
 
 
@@ -37,7 +37,7 @@ class Mgda:
         return cls(a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr)
 
     def weights(self, gram: torch.Tensor) -> torch.Tensor:
-        return min_norm_weights(gram)  # type: ignore[return-value]
+        return min_norm_weights(gram)
 
     def client_update(
         self,
@@ -54,5 +54,6 @@ class Mgda:
     def new_aggregator(self) -> RunningMean:
         return RunningMean()
 
-    def server_update(self, global_adapter: Adapter, aggregator: RunningMean) -> Adapter:  # type: ignore[override]
+    def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter:
+        assert isinstance(aggregator, RunningMean)
         return apply_mean_delta(global_adapter, aggregator, self.server_lr)

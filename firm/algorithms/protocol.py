@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import torch
 
+from firm.codec import Adapter
 from firm.config import Config
 from firm.local_step import LocalProblem, Timer
-from firm.policy import Adapter
 
 
 @dataclass
@@ -42,7 +42,8 @@ class Aggregator(Protocol):
 
 
 class Algorithm(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def client_update(
         self,

@@ -14,12 +14,12 @@ from typing import Any
 
 from firm.algorithms import Algorithm
 from firm.client import problem_sampler, sample_clients
-from firm.codec import decode, encode
+from firm.codec import Adapter, decode, encode
 from firm.config import Config
 from firm.data import Prompt
 from firm.local_step import Timer
 from firm.objectives import Objective
-from firm.policy import Adapter, Policy
+from firm.policy import Policy
 
 
 @dataclass
@@ -72,9 +72,7 @@ class InProcessEngine:
             sampler = problem_sampler(
                 self.policy, self.objectives, self.shards[client_id], self.config, round_idx, client_id, timer
             )
-            update = self.algorithm.client_update(
-                self.policy.params, sampler, self.client_states.get(client_id, {}), timer
-            )
+            update = self.algorithm.client_update(self.policy.params, sampler, self.client_states.get(client_id, {}), timer)
             self.client_states[client_id] = update.client_state
             with timer.phase("communication"):
                 payload = encode(update.upload)

@@ -58,7 +58,8 @@ def resolve_objective(name: str) -> Objective:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise KeyError(f"objective {name!r}: module {module_name!r} has no callable {func_name!r}")
-    return func  # type: ignore[no-any-return]
+    objective: Objective = func
+    return objective
 
 
 def score(

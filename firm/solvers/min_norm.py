@@ -15,6 +15,8 @@ M = 2, since every point of the simplex is then optimal and uniform is the unbia
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -23,6 +25,10 @@ from firm.solvers._convert import check_gram, like, to_numpy
 from firm.solvers.simplex_qp import solve_simplex_qp
 
 
+@overload
+def min_norm_weights(gram: torch.Tensor) -> torch.Tensor: ...
+@overload
+def min_norm_weights(gram: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 def min_norm_weights(gram: npt.ArrayLike | torch.Tensor) -> npt.NDArray[np.float64] | torch.Tensor:
     """Minimum-norm convex combination weights of M gradients given their Gram matrix.
 

@@ -21,6 +21,8 @@ Deliberate choice: an all-zero Gram matrix (no gradient signal) gives Qn = 0, he
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -36,6 +38,10 @@ def normalized_gram(gram: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return gram / scale if scale > 0.0 else np.zeros_like(gram)
 
 
+@overload
+def firm_weights(gram: torch.Tensor, anchor: npt.ArrayLike | torch.Tensor, reg: float) -> torch.Tensor: ...
+@overload
+def firm_weights(gram: npt.ArrayLike, anchor: npt.ArrayLike | torch.Tensor, reg: float) -> npt.NDArray[np.float64]: ...
 def firm_weights(
     gram: npt.ArrayLike | torch.Tensor, anchor: npt.ArrayLike | torch.Tensor, reg: float
 ) -> npt.NDArray[np.float64] | torch.Tensor:

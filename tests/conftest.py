@@ -1,0 +1,41 @@
+"""Shared fixtures: offline environment, a tiny config, and one tiny policy per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+from firm.config import Config, load_config
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    """2 clients x 2 rounds x 2 objectives on the tiny model: the end-to-end smoke size."""
+    base = [
+        "model.name=tiny",
+        "federation.num_clients=2",
+        "federation.clients_per_round=2",
+        "federation.rounds=2",
+        "rollout.prompts_per_step=2",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=12",
+        "eval.num_prompts=4",
+        f"output.dir={tmp_path.as_posix()!r}".replace("'", '"'),
+        "output.progress=false",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():  # type: ignore[no-untyped-def]
+    from firm.config import LoraConfig, ModelConfig
+    from firm.policy import build_policy
+
+    return build_policy(ModelConfig(name="tiny"), LoraConfig(), seed=0)
