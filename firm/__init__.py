@@ -8,12 +8,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from firm.config import Config
-    from firm.run import RunResult
+    from firm.train import RunResult
 
 
 def run(config: Config) -> RunResult:
-    """Train with `config` and return the run's result (see `firm.run.run`)."""
-    from firm.run import run as _run
+    """Train with `config` and return the run's result (see `firm.train.run`)."""
+    from firm.train import run as _run
 
     return _run(config)
 

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
-    from firm.run import run
+    from firm.train import run
     from firm.rundir import RunDirError
 
     try:

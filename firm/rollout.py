@@ -94,11 +94,13 @@ def sample(
             )
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
-        completion = torch.stack(tokens, dim=1).clone()  # [S, T], clone leaves inference mode
-        completion_mask = torch.stack(alive, dim=1).float().clone()  # [S, T]
-        prompt_rep = prompt_ids.repeat_interleave(samples_per_prompt, dim=0).clone()
-        prompt_mask = enc["attention_mask"].to(device).repeat_interleave(samples_per_prompt, dim=0).clone()
+        completion = torch.stack(tokens, dim=1)  # [S, T]
+        completion_mask = torch.stack(alive, dim=1).float()  # [S, T]
 
+    # Clone outside inference mode: the results are normal tensors that autograd may save.
+    completion, completion_mask = completion.clone(), completion_mask.clone()
+    prompt_rep = prompt_ids.clone().repeat_interleave(samples_per_prompt, dim=0)
+    prompt_mask = enc["attention_mask"].to(device).repeat_interleave(samples_per_prompt, dim=0)
     input_ids = torch.cat([prompt_rep, completion], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)
     ids_list = [row[m.bool()].tolist() for row, m in zip(completion.cpu(), completion_mask.cpu(), strict=True)]
