@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
-    from firm.train import run
     from firm.rundir import RunDirError
+    from firm.train import run
 
     try:
         result = run(config)

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import math
 import textwrap
 import tomllib
 import typing
@@ -196,6 +197,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -21,6 +21,12 @@ closed form (no second forward):
 retained graph (`"loop"`, the reference path); `combined_gradient` folds the weights into one
 cotangent and runs one backward. Tests check both against autograd on the explicit losses.
 
+On the KL term: as in GRPO, the k3 estimator is minimised on samples from pi_theta without
+reweighting; the expected gradient of that loss is the gradient of KL(pi_ref || pi_theta), the
+reverse direction of DESIGN.md section 1's KL(pi_theta || pi_ref). The two agree to second order
+near the reference, which is where beta_kl keeps the policy; the logged `kl` (evaluation) is the
+exact KL(pi_theta || pi_ref).
+
 Deliberate choices: the std in the advantage is the population std over the G samples; a group
 whose rewards are all equal gets advantage 0. Log-probs use the sampling temperature.
 """

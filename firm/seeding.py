@@ -19,7 +19,8 @@ EVAL = 4
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed determined by the integer keys."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    # The key count goes first: SeedSequence ignores trailing zeros, so (s, 4) and (s, 4, 0) would collide.
+    state = np.random.SeedSequence([len(keys), *(int(k) for k in keys)]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 

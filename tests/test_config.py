@@ -64,6 +64,7 @@ BAD_INPUT = [
     (["algorithm.name=ppo"], "algorithm.name: unknown algorithm 'ppo'; allowed: fedavg, firm, mgda"),
     (["federation.clients_per_round=5"], "federation.clients_per_round: 5 is more than federation.num_clients = 4"),
     (["algorithm.reg=-1"], "algorithm.reg: must be >= 0"),
+    (["algorithm.reg=inf"], "algorithm.reg: expected a finite number, got inf"),
     (["rollout.samples_per_prompt=1"], "rollout.samples_per_prompt: must be >= 2"),
     (["federation"], "expected key=value"),
     (["federation.rounds.x=1"], "federation.rounds: expected an integer, got {'x': 1}"),

@@ -67,6 +67,8 @@ def firm_weights(
         raise ValueError(f"reg must be >= 0, got {reg}")
     if reg == 0.0:
         return min_norm_weights(gram)
+    if np.isinf(reg):  # the limit reg -> infinity: fixed scalarization by the anchor
+        return like(a / a.sum(), gram)
     qn = normalized_gram(q)
     if m == 2:
         denom = qn[0, 0] - 2.0 * qn[0, 1] + qn[1, 1] + 2.0 * reg
