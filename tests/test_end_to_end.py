@@ -165,3 +165,16 @@ def test_cli_train_subprocess(tmp_path: Path) -> None:
         [sys.executable, "-m", "firm", "train", "--config", str(cfg)], capture_output=True, text=True, timeout=300, check=False
     )
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_model_from_local_path(tmp_path: Path) -> None:
+    """The AutoModelForCausalLM / AutoTokenizer path (hub id or local folder), here on a saved tiny model."""
+    from firm.policy import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    folder = tmp_path / "tiny-model"
+    build_tiny_model(seed=0, vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    result = firm.run(tiny_config(tmp_path, f'model.name="{folder.as_posix()}"', "federation.rounds=1"))
+    assert result.summary["status"] == "completed"
+    assert result.summary["model"] == folder.as_posix()

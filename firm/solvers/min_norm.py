@@ -47,4 +47,5 @@ def min_norm_weights(gram: npt.ArrayLike | torch.Tensor) -> npt.NDArray[np.float
         denom = q[0, 0] - 2.0 * q[0, 1] + q[1, 1]
         w = 0.5 if denom <= 1e-12 * np.trace(q) else float(np.clip((q[1, 1] - q[0, 1]) / denom, 0.0, 1.0))
         return like(np.array([w, 1.0 - w]), gram)
-    return like(solve_simplex_qp(q, np.zeros(m)), gram)
+    # The minimiser is invariant to scaling Q; solving on Q / mean(diag Q) keeps tolerances meaningful.
+    return like(solve_simplex_qp(q / np.mean(np.diag(q)), np.zeros(m)), gram)

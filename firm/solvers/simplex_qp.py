@@ -50,6 +50,7 @@ def _project_to_simplex(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def _solve_by_enumeration(h: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     m = h.shape[0]
+    scale = max(float(np.abs(h).max()), float(np.abs(b).max()), np.finfo(np.float64).tiny)
     best_w: npt.NDArray[np.float64] | None = None
     best_val = np.inf
     for size in range(1, m + 1):
@@ -69,11 +70,16 @@ def _solve_by_enumeration(h: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
             w = np.zeros(m)
             w[s] = np.clip(sol[:size], 0.0, None)
             w /= w.sum()
+            # KKT optimality on the simplex: the gradient r = H w - b is >= its w-average everywhere
+            # (equal on the support). The first candidate that passes, smallest support first, is
+            # an optimum; the test is relative to the problem's scale, so tiny gradients work too.
+            r = h @ w - b
+            if np.all(r >= w @ r - 1e-12 * scale):
+                return w
             val = _objective(h, b, w)
-            # Strict improvement by more than rounding noise: among ties keep the smallest
-            # support found first, which makes the answer deterministic.
-            if best_w is None or val < best_val - 1e-13 * max(1.0, abs(best_val)):
+            if best_w is None or val < best_val:
                 best_val, best_w = val, w
+    # Only reached if rounding defeats every KKT test: the feasible candidate of least objective.
     assert best_w is not None, "every vertex support has a non-singular KKT system"
     return best_w
 
