@@ -99,8 +99,8 @@ class AlgorithmConfig:
     """Weight of the per-token KL penalty to the reference (adapter-disabled) model."""
     advantage_eps: float = 1e-6
     """eps in the group-relative advantage (r - mean) / (std + eps)."""
-    vjp: Literal["batched", "loop"] = "batched"
-    """How the M per-objective gradients are taken: one vectorised backward, or M backward passes."""
+    vjp: Literal["loop", "batched"] = "loop"
+    """How the M per-objective gradients are taken: M backward passes of one graph, or one vmapped backward."""
 
 
 @dataclass(frozen=True)

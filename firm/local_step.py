@@ -2,10 +2,10 @@
 
 One local step on a client:
     1. problem = sample_problem(step)       # LM: sample B x G completions, score, advantages [B, G, M]
-    2. g, g_kl = problem.objective_gradients()   # [M, d] per-objective gradients, [d] KL gradient
+    2. g = problem.objective_gradients()     # [M, d] gradients of f_m = L_m + beta_kl KL
     3. gram = g g^T                          # [M, M]
     4. weights = rule(gram)                  # lambda on the simplex (section 3)
-    5. d = sum_m weights_m g_m + g_kl        # combined direction
+    5. d = sum_m weights_m g_m               # = sum_m weights_m grad L_m + beta_kl grad KL
     6. optimizer step on theta with d as the gradient
 Steps 2-6 repeat `inner_epochs` times on the same rollout (the problem then clips the
 importance ratio). With fixed weights (FedAvg) steps 2-5 collapse into ONE backward of the
@@ -39,12 +39,12 @@ class LocalProblem(Protocol):
     stats: dict[str, float | list[float]]
     """What to log for this step (e.g. `reward` per objective, `kl`)."""
 
-    def objective_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g [M, d] gradients of the M objective losses, g_kl [d] gradient of the KL term) at the current theta."""
+    def objective_gradients(self) -> torch.Tensor:
+        """g [M, d]: gradients of the M objectives (each including any term common to all) at the current theta."""
         ...
 
     def combined_gradient(self, weights: torch.Tensor) -> torch.Tensor:
-        """[d] gradient of sum_m weights_m L_m + KL term, in one backward pass."""
+        """[d] gradient of sum_m weights_m f_m for weights on the simplex, in one backward pass."""
         ...
 
 
@@ -136,12 +136,12 @@ def local_update(
                 weights = weighting.to(torch.float64)
                 direction = problem.combined_gradient(weighting)  # [d]
             else:
-                grads, kl_grad = problem.objective_gradients()  # [M, d], [d]
+                grads = problem.objective_gradients()  # [M, d]
                 with timer.phase("solve"):
                     g64 = grads.to(torch.float64)
                     gram = g64 @ g64.T  # [M, M]
                     weights = weighting(gram).to(torch.float64)  # [M]
-                    direction = (weights.to(grads.dtype) @ grads) + kl_grad  # [d]
+                    direction = weights.to(grads.dtype) @ grads  # [d]
             with timer.phase("step"):
                 opt.zero_grad(set_to_none=True)
                 _assign_grad(plist, direction)

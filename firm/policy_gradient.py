@@ -7,7 +7,13 @@ real completion tokens in the batch):
     ratio       rho[s, t] = exp(logp[s, t] - logp_old[s, t])                     1 on the first epoch
     L_m         = -(1/N) sum_{s,t} min(rho A[s, m], clip(rho, 1 - c, 1 + c) A[s, m])    token-level
     KL          = (1/N) sum_{s,t} k3[s, t],  k3 = exp(ref - logp) - (ref - logp) - 1    (Schulman's k3)
-    g_m = dL_m / dtheta,  g_kl = beta_kl dKL / dtheta                         (LoRA parameters only)
+    f_m = L_m + beta_kl KL,   g_m = df_m / dtheta                             (LoRA parameters only)
+
+The KL term is common to all objectives (DESIGN.md section 2, step 4) and part of each objective
+f_{i,m} = -J_{i,m} (section 1), so the Gram matrix is that of the gradients of the objectives being
+traded off, and the combined direction sum_m lambda_m g_m = sum_m lambda_m dL_m/dtheta +
+beta_kl dKL/dtheta is section 2's step 7 for any lambda on the simplex. It costs M gradient
+products, not M + 1: FIRM's extra cost over FedAvg's one backward is M - 1 products and the solve.
 
 Every loss is a sum over tokens of a function of the per-token log-prob logp[s, t], so its
 gradient is a vector-Jacobian product of the one graph logp(theta) with a cotangent written in
@@ -16,10 +22,10 @@ closed form (no second forward):
     dL_m / dlogp[s, t]  = -(1/N) A[s, m] rho[s, t]   where the unclipped branch is active, else 0
     dKL / dlogp[s, t]   =  (1/N) (1 - exp(ref[s, t] - logp[s, t]))
 
-`objective_gradients` stacks the M + 1 cotangents and takes them through one vectorised backward
-(`is_grads_batched=True`, config `algorithm.vjp = "batched"`) or M + 1 backward passes with a
-retained graph (`"loop"`, the reference path); `combined_gradient` folds the weights into one
-cotangent and runs one backward. Tests check both against autograd on the explicit losses.
+`objective_gradients` takes the M cotangents (objective + KL) through M backward passes of one
+graph with `retain_graph` (config `algorithm.vjp = "loop"`, the reference path) or through one
+vectorised backward (`is_grads_batched=True`, `"batched"`); `combined_gradient` folds the weights
+into one cotangent and runs one backward. Tests check both against autograd on the explicit losses.
 
 On the KL term: as in GRPO, the k3 estimator is minimised on samples from pi_theta without
 reweighting; the expected gradient of that loss is the gradient of KL(pi_ref || pi_theta), the
@@ -76,7 +82,7 @@ class PolicyGradientProblem:
         clip_eps: float,
         advantage_eps: float,
         generator: torch.Generator,
-        vjp: Literal["batched", "loop"] = "batched",
+        vjp: Literal["loop", "batched"] = "loop",
         timer: Timer | None = None,
     ) -> None:
         self.policy = policy
@@ -145,14 +151,13 @@ class PolicyGradientProblem:
                 rows.append(flatten(list(grads)))
             return torch.stack(rows)
 
-    def objective_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g [M, d], g_kl [d]) at the current adapter, from one forward and M + 1 VJPs."""
+    def objective_gradients(self) -> torch.Tensor:
+        """g [M, d]: gradients of f_m = L_m + beta_kl KL at the current adapter, from one forward and M VJPs."""
         logp, objective_cot, kl_cot = self._logprobs_and_cotangents()
-        grads = self._vjp(logp, torch.cat([objective_cot, kl_cot[None]], dim=0))  # [M + 1, d]
-        return grads[:-1], grads[-1]
+        return self._vjp(logp, objective_cot + kl_cot[None])  # [M, d]
 
     def combined_gradient(self, weights: torch.Tensor) -> torch.Tensor:
-        """[d] gradient of sum_m weights_m L_m + beta_kl KL, from one forward and one backward."""
+        """[d] gradient of sum_m weights_m L_m + beta_kl KL (= sum_m weights_m g_m on the simplex), one backward."""
         logp, objective_cot, kl_cot = self._logprobs_and_cotangents()
         w = weights.to(objective_cot.dtype).to(objective_cot.device)
         cot = torch.einsum("m,mst->st", w, objective_cot) + kl_cot  # [S, T]

@@ -25,14 +25,14 @@ class QuadraticProblem:
         self.num_samples = num_samples
         self.stats: dict[str, float | list[float]] = {}
 
-    def objective_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def objective_gradients(self) -> torch.Tensor:
         grads = self.theta.detach()[None, :] - self.targets  # [M, d]
         self.stats["loss"] = (0.5 * grads.pow(2).sum(dim=1)).tolist()
-        return grads, torch.zeros_like(self.theta.detach())
+        return grads
 
     def combined_gradient(self, weights: torch.Tensor) -> torch.Tensor:
-        grads, kl_grad = self.objective_gradients()
-        return weights.to(grads.dtype) @ grads + kl_grad
+        grads = self.objective_gradients()
+        return weights.to(grads.dtype) @ grads
 
 
 def quadratic_oracle(theta: torch.nn.Parameter, targets: torch.Tensor, num_samples: int = 1) -> Callable[[int], LocalProblem]:

@@ -63,28 +63,29 @@ def test_objective_gradients_equal_autograd(tiny_policy, vjp: str) -> None:  # t
         params = list(policy.params.values())
 
         # Epoch 1: ratio = 1 everywhere, nothing clipped.
-        grads, kl_grad = problem.objective_gradients()
+        # g_m is the gradient of f_m = L_m + beta_kl KL (the KL term is common to every objective).
+        grads = problem.objective_gradients()
         assert problem.old_logprobs is not None
         losses, kl, _ = _explicit_losses(problem, problem.old_logprobs)
         assert grads.shape == (3, sum(p.numel() for p in params))
         for m in range(3):
-            torch.testing.assert_close(grads[m], _grads(losses[m], params), rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(kl_grad, _grads(kl, params), rtol=1e-4, atol=1e-7)
-        assert kl_grad.abs().sum() > 0
+            torch.testing.assert_close(grads[m], _grads(losses[m] + kl, params), rtol=1e-4, atol=1e-7)
+        assert _grads(kl, params).abs().sum() > 0  # the KL part is really exercised
 
         # Epoch 2 after a parameter change: ratios != 1 and, with clip_eps = 0.02, some tokens clipped.
         policy.set_adapter({k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in perturbed.items()})
-        grads2, kl_grad2 = problem.objective_gradients()
+        grads2 = problem.objective_gradients()
         losses2, kl2, logp2 = _explicit_losses(problem, problem.old_logprobs)
         ratio = torch.exp(logp2.detach() - problem.old_logprobs)
         assert ((ratio - 1).abs() > 0.02).any(), "the test must exercise the clipped branch"
         for m in range(3):
-            torch.testing.assert_close(grads2[m], _grads(losses2[m], params), rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(kl_grad2, _grads(kl2, params), rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(grads2[m], _grads(losses2[m] + kl2, params), rtol=1e-4, atol=1e-7)
 
         # FedAvg's single backward of the weighted loss equals the weighted per-objective gradients.
         w = torch.tensor([0.2, 0.5, 0.3])
-        torch.testing.assert_close(problem.combined_gradient(w), w @ grads2 + kl_grad2, rtol=1e-4, atol=1e-7)
+        expected = _grads(w[0] * losses2[0] + w[1] * losses2[1] + w[2] * losses2[2] + kl2, params)
+        torch.testing.assert_close(problem.combined_gradient(w), expected, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(w @ grads2, expected, rtol=1e-4, atol=1e-7)
     finally:
         policy.set_adapter(original)
 
