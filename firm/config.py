@@ -117,10 +117,18 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    prompts: str = "builtin"
-    """`builtin` (the small prompt set shipped with firm) or a path to a JSONL file of {"prompt": ...}."""
-    partition: Literal["iid"] = "iid"
-    """How training prompts are split among clients."""
+    sources: tuple[str, ...] = ("builtin",)
+    """Prompt sources, pooled in order (a repeated text keeps its first occurrence): `builtin`, `chatterbot`, `chitchat`, `provocative`, or the path of a JSONL file of {"prompt", "reference"?, "topic"?, "provocative"?} objects."""
+    max_prompts_per_source: int = 0
+    """Keep at most this many prompts of each source, evenly spaced through it so every topic keeps its share; 0 = all."""
+    partition: Literal["iid", "topic", "dirichlet"] = "iid"
+    """How training prompts are split among clients: `iid` (shuffle and deal), `topic` (whole topics per client, dealt largest first), `dirichlet` (each topic split by Dirichlet(alpha) shares)."""
+    dirichlet_alpha: float = 0.5
+    """alpha of the `dirichlet` partition: small = each client holds few topics, large = close to IID."""
+    provocative_ratios: tuple[float, ...] = ()
+    """Share of provocative prompts in each client's shard, one value in [0, 1] per client; empty = the partition's natural mix."""
+    eval_provocative_share: float = -1.0
+    """Share of provocative prompts in the held-out set; negative = their share in the pooled sources."""
 
 
 @dataclass(frozen=True)
@@ -269,9 +277,11 @@ def validate(config: Config) -> None:
     if not names:
         raise ConfigError("objectives.names: at least one objective is required")
     for i, name in enumerate(names):
-        if name not in OBJECTIVES and ":" not in name:
+        if name == "hf:":
+            raise ConfigError(f"objectives.names[{i}]: 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2")
+        if name not in OBJECTIVES and not name.startswith("hf:") and ":" not in name:
             raise ConfigError(
-                f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(OBJECTIVES))} or module:function"
+                f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(OBJECTIVES))}, hf:<model id or path> or module:function"
             )
     if len(set(names)) != len(names):
         raise ConfigError(f"objectives.names: duplicate objective in {list(names)}")
@@ -330,6 +340,41 @@ def validate(config: Config) -> None:
         raise ConfigError("rollout.samples_per_prompt: must be >= 2 (group-relative advantages need a group)")
     if not config.lora.target_modules:
         raise ConfigError("lora.target_modules: at least one module name is required")
+    _validate_data(config)
+
+
+def _validate_data(config: Config) -> None:
+    """The data.* checks; the ones that need the prompts themselves are raised by `firm.data.federated_prompts`."""
+    from firm.data import SOURCES, PromptFileError, federated_prompts
+
+    data, num_clients = config.data, config.federation.num_clients
+    if not data.sources:
+        raise ConfigError(f"data.sources: at least one source is required; allowed: {', '.join(SOURCES)} or a JSONL file path")
+    for i, source in enumerate(data.sources):
+        if source not in SOURCES and not Path(source).is_file():
+            raise ConfigError(
+                f"data.sources[{i}]: unknown source {source!r} and no such file; allowed: {', '.join(SOURCES)} or a JSONL file path"
+            )
+    if not data.dirichlet_alpha > 0:
+        raise ConfigError(f"data.dirichlet_alpha: must be > 0, got {data.dirichlet_alpha}")
+    if data.max_prompts_per_source < 0:
+        raise ConfigError(f"data.max_prompts_per_source: must be >= 0 (0 = all), got {data.max_prompts_per_source}")
+    if data.eval_provocative_share > 1:
+        raise ConfigError(
+            f"data.eval_provocative_share: must be <= 1 (negative = the pooled share), got {data.eval_provocative_share}"
+        )
+    for i, ratio in enumerate(data.provocative_ratios):
+        if not 0 <= ratio <= 1:
+            raise ConfigError(f"data.provocative_ratios[{i}]: must be in [0, 1], got {ratio}")
+    if data.provocative_ratios and len(data.provocative_ratios) != num_clients:
+        raise ConfigError(
+            f"data.provocative_ratios: has {len(data.provocative_ratios)} values but federation.num_clients = {num_clients}; "
+            "give one ratio per client (or none)"
+        )
+    try:
+        federated_prompts(data, num_clients, config.eval.num_prompts, config.federation.seed)
+    except PromptFileError as err:
+        raise ConfigError(f"data.sources: {err}") from None
 
 
 # --------------------------------------------------------------------------- files and overrides

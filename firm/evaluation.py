@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -17,11 +18,12 @@ import torch
 from firm.data import Prompt
 from firm.objectives import Objective, score
 from firm.policy import Policy
+from firm.policy_gradient import masked_rows
 from firm.rollout import completion_logits, sample
 from firm.seeding import EVAL, torch_generator
 
-EVAL_CHUNK = 16
-"""Held-out prompts sampled per batch."""
+EVAL_CHUNK = 8
+"""Held-out prompts sampled per batch (bounds the [S, T, vocab] logits held for the exact KL)."""
 
 
 @torch.no_grad()
@@ -42,6 +44,11 @@ def evaluate(
     for start in range(0, len(prompts), EVAL_CHUNK):
         chunk = list(prompts[start : start + EVAL_CHUNK])
         rollout = sample(policy, [p.text for p in chunk], samples_per_prompt, max_new_tokens, temperature, generator)
+        logp = torch.log_softmax(completion_logits(policy, rollout, temperature), dim=-1)  # [S, T, V]
+        with policy.reference():
+            logq = torch.log_softmax(completion_logits(policy, rollout, temperature), dim=-1)
+        completion = rollout.input_ids[:, rollout.prompt_len :]
+        ref_token_logprobs = logq.gather(-1, completion.unsqueeze(-1)).squeeze(-1)  # [S, T]
         rewards = score(
             objectives,
             [chunk[g].text for g in rollout.group],
@@ -49,14 +56,56 @@ def evaluate(
             completion_ids=rollout.completion_ids,
             group=rollout.group,
             reference=[chunk[g].reference for g in rollout.group],
+            ref_logprobs=masked_rows(ref_token_logprobs, rollout.completion_mask),
         )  # [S, M]
         reward_sum += rewards.to(torch.float64).sum(dim=0)
         num_seq += rewards.shape[0]
-        logp = torch.log_softmax(completion_logits(policy, rollout, temperature), dim=-1)  # [S, T, V]
-        with policy.reference():
-            logq = torch.log_softmax(completion_logits(policy, rollout, temperature), dim=-1)
         kl_tok = (logp.exp() * (logp - logq)).sum(dim=-1)  # [S, T]
         kl_sum += float((kl_tok * rollout.completion_mask).sum())
         kl_tokens += float(rollout.completion_mask.sum())
     means = (reward_sum / max(num_seq, 1)).tolist()
     return {name: means[m] for m, (name, _) in enumerate(objectives)}, kl_sum / max(kl_tokens, 1.0)
+
+
+@torch.no_grad()
+def base_vs_final_samples(
+    policy: Policy,
+    objectives: Sequence[tuple[str, Objective]],
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> list[dict[str, object]]:
+    """One completion per prompt from the base model (adapter disabled) and from the live adapter.
+
+    Both use the same generator seed, so differences come from the adapter. Rows are what
+    `samples.jsonl` holds: {"prompt", "base", "final", "base_rewards", "final_rewards"}.
+    """
+    texts = [p.text for p in prompts]
+
+    def completions_and_rewards(use_base: bool) -> tuple[list[str], list[dict[str, float]]]:
+        generator = torch_generator(policy.device, seed, EVAL, 1)
+        with policy.reference() if use_base else contextlib.nullcontext():
+            rollout = sample(policy, texts, 1, max_new_tokens, temperature, generator)
+        with policy.reference():
+            ref_logits = completion_logits(policy, rollout, temperature)  # [B, T, V]
+        completion = rollout.input_ids[:, rollout.prompt_len :]
+        ref_lp = torch.log_softmax(ref_logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        rewards = score(
+            objectives,
+            texts,
+            rollout.completions,
+            completion_ids=rollout.completion_ids,
+            group=list(range(len(texts))),
+            reference=[p.reference for p in prompts],
+            ref_logprobs=masked_rows(ref_lp, rollout.completion_mask),
+        )  # [B, M]
+        rows = [{name: float(rewards[i, m]) for m, (name, _) in enumerate(objectives)} for i in range(len(texts))]
+        return rollout.completions, rows
+
+    base, base_rewards = completions_and_rewards(use_base=True)
+    final, final_rewards = completions_and_rewards(use_base=False)
+    return [
+        {"prompt": t, "base": b, "final": f, "base_rewards": br, "final_rewards": fr}
+        for t, b, f, br, fr in zip(texts, base, final, base_rewards, final_rewards, strict=True)
+    ]

