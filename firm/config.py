@@ -44,7 +44,7 @@ class LoraConfig:
     alpha: float = 16.0
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
-    """LoRA dropout; 0 keeps the per-objective gradients of one rollout exactly comparable."""
+    """LoRA dropout in [0, 1), applied in the gradient forward only (rollouts and evaluation run without it)."""
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """Module names that get LoRA adapters."""
 
@@ -278,7 +278,9 @@ def validate(config: Config) -> None:
         raise ConfigError("objectives.names: at least one objective is required")
     for i, name in enumerate(names):
         if name == "hf:":
-            raise ConfigError(f"objectives.names[{i}]: 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2")
+            raise ConfigError(
+                f"objectives.names[{i}]: 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2"
+            )
         if name not in OBJECTIVES and not name.startswith("hf:") and ":" not in name:
             raise ConfigError(
                 f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(OBJECTIVES))}, hf:<model id or path> or module:function"
@@ -340,7 +342,33 @@ def validate(config: Config) -> None:
         raise ConfigError("rollout.samples_per_prompt: must be >= 2 (group-relative advantages need a group)")
     if not config.lora.target_modules:
         raise ConfigError("lora.target_modules: at least one module name is required")
+    if not config.lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout: must be in [0, 1), got {config.lora.dropout}")
+    _validate_device(config.model.device)
+    for i, name in enumerate(names):
+        if ":" in name and not name.startswith("hf:") and name not in OBJECTIVES:
+            from firm.objectives import resolve_objective
+
+            try:
+                resolve_objective(name)
+            except KeyError as err:
+                raise ConfigError(f"objectives.names[{i}]: {err.args[0]}") from None
     _validate_data(config)
+
+
+def _validate_device(spec: str) -> None:
+    import torch
+
+    if spec == "auto":
+        return
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"model.device: {spec!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {spec!r} requested but CUDA is not available on this machine; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device: {spec!r} requested but MPS is not available on this machine; use auto or cpu")
 
 
 def _validate_data(config: Config) -> None:

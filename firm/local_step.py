@@ -133,15 +133,15 @@ def local_update(
         num_samples += problem.num_samples
         for _ in range(inner_epochs):
             if isinstance(weighting, torch.Tensor):
-                weights = weighting.to(torch.float64)
-                direction = problem.combined_gradient(weighting)  # [d]
+                weights = weighting.detach().to("cpu", torch.float64)
+                direction = problem.combined_gradient(weighting)  # [d]; the problem casts on its own device
             else:
                 grads = problem.objective_gradients()  # [M, d]
                 with timer.phase("solve"):
-                    g64 = grads.to(torch.float64)
+                    g64 = grads.detach().to("cpu", torch.float64)  # CPU: MPS has no float64
                     gram = g64 @ g64.T  # [M, M]
                     weights = weighting(gram).to(torch.float64)  # [M]
-                    direction = weights.to(grads.dtype) @ grads  # [d]
+                    direction = weights.to(grads.device, grads.dtype) @ grads  # [d]
             with timer.phase("step"):
                 opt.zero_grad(set_to_none=True)
                 _assign_grad(plist, direction)

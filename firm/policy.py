@@ -46,6 +46,10 @@ TINY_EXTRA_WORDS = (
 """Words beyond the built-in prompts in the tiny vocabulary, with clear VADER sentiment on both sides."""
 
 
+class PolicyError(ValueError):
+    """The model or its adapter cannot be built from the config (one line, for the CLI)."""
+
+
 @dataclass
 class Policy:
     """The live model (base + LoRA), its tokenizer and device."""
@@ -77,6 +81,18 @@ class Policy:
                         f"adapter tensor {n} has shape {tuple(adapter[n].shape)}, the model expects {tuple(p.shape)}"
                     )
                 p.copy_(adapter[n])
+
+    @contextlib.contextmanager
+    def lora_dropout(self) -> Iterator[None]:
+        """Inside this context LoRA dropout is active (the model otherwise stays in eval mode)."""
+        modules = [m for name, m in self.model.named_modules() if name.endswith("lora_dropout")]
+        for m in modules:
+            m.train()
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.eval()
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
@@ -115,9 +131,9 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """`auto` -> bfloat16 on CUDA, float32 elsewhere."""
+    """`auto` -> bfloat16 on CUDA GPUs that support it, float32 elsewhere."""
     if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
 
 
@@ -160,8 +176,7 @@ def build_tiny_model(seed: int, vocab_size: int) -> LlamaForCausalLM:
         tie_word_embeddings=False,
     )
     # Weight init draws from the global generator; fork it so library code never reseeds the caller's.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded(seed):
         model = LlamaForCausalLM(config)
     return model
 
@@ -184,6 +199,7 @@ def packaged_model_path(name: str) -> Path:
     import importlib.util
 
     from firm.cache import cache_dir
+    from firm.rundir import make_public
 
     package, gguf_file = PACKAGED_MODELS[name]
     target = cache_dir() / "models" / f"{name}-{Path(gguf_file).stem.lower()}"
@@ -208,6 +224,7 @@ def packaged_model_path(name: str) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        make_public(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -215,6 +232,15 @@ def packaged_model_path(name: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run weight init from `seed` and restore the caller's CPU and CUDA generators afterwards."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Policy:
@@ -230,8 +256,14 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
         base = build_tiny_model(seed, vocab_size=len(tokenizer)).to(dtype=dtype)  # type: ignore[call-arg]
     else:
         source = str(packaged_model_path(model_cfg.name)) if model_cfg.name in PACKAGED_MODELS else model_cfg.name
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        except OSError as err:  # not on the hub cache / not a folder / offline
+            raise PolicyError(
+                f"model.name {model_cfg.name!r} cannot be loaded: {str(err).splitlines()[0]} "
+                f"(packaged models: {', '.join(PACKAGED_MODELS)}; or `tiny`)"
+            ) from None
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -244,9 +276,11 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
         target_modules=list(lora_cfg.target_modules),
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        model = get_peft_model(base, peft_cfg)
+    try:
+        with _seeded(seed + 1):
+            model = get_peft_model(base, peft_cfg)
+    except ValueError as err:  # peft: target modules not found in the base model
+        raise PolicyError(f"lora.target_modules {list(lora_cfg.target_modules)}: {str(err).splitlines()[0]}") from None
     model.eval()
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"lora.target_modules {list(lora_cfg.target_modules)} matched no module of {model_cfg.name}")

@@ -129,16 +129,19 @@ class PolicyGradientProblem:
 
     def _logprobs_and_cotangents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward with grad; returns logp [S, T], objective cotangents [M, S, T], KL cotangent [S, T]."""
-        with self.timer.phase("forward"):
+        with self.timer.phase("forward"), self.policy.lora_dropout():
             logp = token_logprobs(self.policy, self.rollout, self.temperature)  # [S, T]
         if self.old_logprobs is None:
             self.old_logprobs = logp.detach()
+        # Zero the log-ratios where the mask is 0 before exp: positions after EOS hold pad tokens
+        # whose log-probs are arbitrary, and inf * 0 would turn the whole gradient into NaN.
+        valid = self.mask.bool()
         lp = logp.detach()
-        ratio = torch.exp(lp - self.old_logprobs)  # [S, T]
+        ratio = torch.exp(torch.where(valid, lp - self.old_logprobs, 0.0))  # [S, T]
         adv = self.advantages.T[:, :, None]  # [M, S, 1]
         clipped = ((adv > 0) & (ratio > 1 + self.clip_eps)) | ((adv < 0) & (ratio < 1 - self.clip_eps))  # [M, S, T]
         objective_cot = torch.where(clipped, 0.0, -adv * ratio) * self.mask / self.num_tokens  # [M, S, T]
-        log_ratio_ref = self.ref_logprobs - lp
+        log_ratio_ref = torch.where(valid, self.ref_logprobs - lp, 0.0)
         kl_cot = self.beta_kl * (1.0 - torch.exp(log_ratio_ref)) * self.mask / self.num_tokens  # [S, T]
         k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1.0
         self.stats["kl"] = float((k3 * self.mask).sum() / self.num_tokens)

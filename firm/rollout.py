@@ -62,7 +62,8 @@ def sample(
     """Sample `samples_per_prompt` completions for each prompt with the current adapter."""
     tok, model, device = policy.tokenizer, policy.model, policy.device
     texts = [policy.format_prompt(p) for p in prompts]
-    enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    # A chat template already writes the special tokens; raw prompts get the tokenizer's own (e.g. BOS).
+    enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
     eos = torch.tensor(_eos_ids(policy), device=device)
     pad_id = tok.pad_token_id
     num_seq = len(prompts) * samples_per_prompt
@@ -72,21 +73,28 @@ def sample(
         mask = enc["attention_mask"].to(device)  # [B, P]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache.batch_repeat_interleave(samples_per_prompt)
         logits = out.logits[:, -1].repeat_interleave(samples_per_prompt, dim=0)  # [S, V]
         mask = mask.repeat_interleave(samples_per_prompt, dim=0)  # [S, P]
         next_pos = positions[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1  # [S, 1]
         finished = torch.zeros(num_seq, dtype=torch.bool, device=device)
         tokens, alive = [], []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             probs = F.softmax(logits.float() / temperature, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [S]
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             tokens.append(token)
             alive.append(~finished)
             finished = finished | torch.isin(token, eos)
-            if bool(finished.all()):  # sync point: one bool per decoded token
+            if step == max_new_tokens - 1 or bool(finished.all()):  # sync point: one bool per decoded token
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(

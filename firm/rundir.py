@@ -26,6 +26,26 @@ from typing import Any
 from firm.config import Config, config_to_toml
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path: Path) -> None:
+    """Give a temp file (0600) or temp dir (0700) the modes a normal create would (0666 / 0777 minus umask).
+
+    mkstemp / mkdtemp create private entries and a rename keeps the mode, so without this a run's
+    outputs would be unreadable by teammates or a serving process running as another user.
+    """
+    mask = _umask()
+    if path.is_dir():
+        for sub in [path, *path.rglob("*")]:
+            sub.chmod((0o777 if sub.is_dir() else 0o666) & ~mask)
+    else:
+        path.chmod(0o666 & ~mask)
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used (exists and is not empty, not writable...)."""
 
@@ -37,6 +57,7 @@ def _write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        make_public(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -50,15 +71,23 @@ class RunDir:
         out = config.output
         name = out.name or f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(out.dir) / name
-        if not out.name:
-            suffix = 1
-            while path.exists():  # auto names never collide with an earlier run
-                suffix += 1
-                path = Path(out.dir) / f"{name}-{suffix}"
-        if path.exists() and any(path.iterdir()):
-            raise RunDirError(f"run directory {path} already exists and is not empty; choose another output.name")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            if out.name:
+                if path.exists() and any(path.iterdir()):
+                    raise RunDirError(f"run directory {path} already exists and is not empty; choose another output.name")
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                # Auto names: mkdir without exist_ok claims the name atomically, so two runs started in
+                # the same second (a sweep) never share a directory.
+                Path(out.dir).mkdir(parents=True, exist_ok=True)
+                suffix = 1
+                while True:
+                    try:
+                        path.mkdir()
+                        break
+                    except FileExistsError:
+                        suffix += 1
+                        path = Path(out.dir) / f"{name}-{suffix}"
         except OSError as err:
             raise RunDirError(f"cannot create run directory {path}: {err.strerror}") from None
         self.path = path
@@ -80,6 +109,7 @@ class RunDir:
         try:
             save_adapter(tmp)
             (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+            make_public(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -93,6 +123,7 @@ class RunDir:
         tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=".final_adapter."))
         try:
             save_adapter(tmp)
+            make_public(tmp)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

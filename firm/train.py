@@ -7,6 +7,7 @@ checkpoint -> final adapter and summary. `firm train` is this function behind th
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,8 +61,6 @@ def run(config: Config) -> RunResult:
         return evaluate(policy, objectives, prompts.eval, ev.samples_per_prompt, ro.max_new_tokens, ro.temperature, fed.seed)
 
     global_adapter = policy.get_adapter()
-    adapter_bytes = len(encode(global_adapter))
-    initial_eval, initial_kl = run_eval()
     metrics: list[dict[str, Any]] = []
     summary: dict[str, Any] = {
         "firm_version": __version__,
@@ -71,13 +70,13 @@ def run(config: Config) -> RunResult:
         "preference": list(config.objectives.preference_vector),
         "device": str(policy.device),
         "adapter_parameters": sum(t.numel() for t in global_adapter.values()),
-        "adapter_bytes": adapter_bytes,
-        "initial_eval": initial_eval,
-        "initial_kl": initial_kl,
+        "adapter_bytes": len(encode(global_adapter)),
         "status": "running",
     }
     progress = _progress(config)
     try:
+        initial_eval, initial_kl = run_eval()
+        summary.update(initial_eval=initial_eval, initial_kl=initial_kl)
         for round_idx in range(1, fed.rounds + 1):
             progress.set_description(f"round {round_idx}/{fed.rounds}")
             round_start = time.perf_counter()
@@ -134,7 +133,10 @@ def run(config: Config) -> RunResult:
     finally:
         progress.close()
         summary["wall_time_s"] = time.perf_counter() - start
-        run_dir.write_summary(summary)
+        try:
+            run_dir.write_summary(summary)
+        except OSError as err:  # never let a failed summary write hide the error that ended the run
+            print(f"firm: could not write summary.json: {err}", file=sys.stderr)
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary)
 
 
