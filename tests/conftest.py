@@ -20,6 +20,10 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     """2 clients x 2 rounds x 2 objectives on the tiny model: the end-to-end smoke size."""
     base = [
         "model.name=tiny",
+        'objectives.names=["positiveness", "conciseness"]',
+        'data.sources=["builtin"]',
+        "data.partition=iid",
+        "data.provocative_ratios=[]",
         "federation.num_clients=2",
         "federation.clients_per_round=2",
         "federation.rounds=2",

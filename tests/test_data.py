@@ -32,7 +32,9 @@ from firm.seeding import derive_seed
 needs_chatterbot = pytest.mark.skipif(importlib.util.find_spec("chatterbot_corpus") is None, reason="chatterbot-corpus")
 needs_chitchat = pytest.mark.skipif(importlib.util.find_spec("chitchat_dataset") is None, reason="chitchat-dataset")
 
-MIXED = DataConfig(sources=("chatterbot", "provocative"))  # 747 + 174 prompts, 22 topics
+# The library default is the demo's mix; these tests start from plain IID without provocation mixing.
+PLAIN = DataConfig(sources=("builtin",), partition="iid", provocative_ratios=())
+MIXED = replace(PLAIN, sources=("chatterbot", "provocative"))  # 747 + 174 prompts, 22 topics
 
 
 def train_prompts(split: FederatedPrompts) -> list[Prompt]:
@@ -131,7 +133,7 @@ def test_jsonl_prompt_file(tmp_path: Path) -> None:
 
 
 def test_builtin_iid_split_is_disjoint_complete_and_seeded() -> None:
-    config = DataConfig()
+    config = PLAIN
     split = federated_prompts(config, num_clients=3, num_eval=8, seed=0)
     check_split(split, load_prompts("builtin"), 3, 8)
     assert max(len(s) for s in split.clients) - min(len(s) for s in split.clients) <= 1
@@ -170,7 +172,7 @@ def test_every_partition(partition: str, ratios: tuple[float, ...]) -> None:
 
 
 def test_eval_is_stratified_on_provocative() -> None:
-    config = DataConfig(sources=("builtin", "provocative"))  # 64 + 174 prompts: share 174 / 238
+    config = replace(PLAIN, sources=("builtin", "provocative"))  # 64 + 174 prompts: share 174 / 238
     split = federated_prompts(config, num_clients=2, num_eval=20, seed=3)
     assert sum(p.provocative for p in split.eval) == 15  # round(20 * 174 / 238) = round(14.62)
     split = federated_prompts(replace(config, eval_provocative_share=0.25), 2, 20, seed=3)
@@ -212,7 +214,7 @@ def mean_topic_kl(split: FederatedPrompts) -> float:
 @needs_chatterbot
 def test_dirichlet_small_alpha_is_more_skewed() -> None:
     def skew(alpha: float) -> float:
-        config = DataConfig(sources=("chatterbot",), partition="dirichlet", dirichlet_alpha=alpha)
+        config = replace(PLAIN, sources=("chatterbot",), partition="dirichlet", dirichlet_alpha=alpha)
         return float(np.mean([mean_topic_kl(federated_prompts(config, 5, 20, seed)) for seed in range(3)]))
 
     small, medium, large = skew(0.05), skew(1.0), skew(100.0)
@@ -246,7 +248,6 @@ BAD_DATA = [
     (["data.dirichlet_alpha=0"], "data.dirichlet_alpha: must be > 0, got 0.0"),
     (["data.max_prompts_per_source=-1"], "data.max_prompts_per_source: must be >= 0"),
     (["data.provocative_ratios=[0, 1.5, 0, 0]"], "data.provocative_ratios[1]: must be in [0, 1], got 1.5"),
-    (["data.provocative_ratios=[0.5]"], "data.provocative_ratios: has 1 values but federation.num_clients = 4"),
     (["data.eval_provocative_share=2"], "data.eval_provocative_share: must be <= 1"),
     (
         ["eval.num_prompts=61"],
@@ -262,16 +263,26 @@ BAD_DATA = [
 ]
 
 
+# These start from the plain setting (builtin prompts, IID, no provocation mixing, 8 held out),
+# not from the demo's default mix.
+PLAIN_OVERRIDES = ['data.sources=["builtin"]', "data.partition=iid", "data.provocative_ratios=[]", "eval.num_prompts=8"]
+
+
 @pytest.mark.parametrize(("overrides", "message"), BAD_DATA)
 def test_bad_data_config(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        load_config(None, [*PLAIN_OVERRIDES, *overrides])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_too_few_non_provocative_prompts_for_mixing() -> None:
-    base = ['data.sources=["builtin", "provocative"]', "data.provocative_ratios=[1, 1, 1, 1]", "data.eval_provocative_share=0.0"]
+    base = [
+        *PLAIN_OVERRIDES,
+        'data.sources=["builtin", "provocative"]',
+        "data.provocative_ratios=[1, 1, 1, 1]",
+        "data.eval_provocative_share=0.0",
+    ]
     assert load_config(None, [*base, "eval.num_prompts=60"]).eval.num_prompts == 60  # 4 left: one per client
     with pytest.raises(ConfigError, match=r"data\.provocative_ratios: 3 non-provocative training prompts are too few"):
         load_config(None, [*base, "eval.num_prompts=61"])
