@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="firm", description="Federated multi-objective alignment of language models.")
     parser.add_argument("--version", action="version", version=f"firm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
+    report.add_argument("run_dir", metavar="RUN_DIR")
     for name, help_text in (
         ("train", "train one LoRA adapter across simulated clients and write a run directory"),
         ("config", "print the resolved config as TOML (defaults <- file <- overrides)"),
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args.run_dir)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -54,12 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
+    from firm.policy import PolicyError
     from firm.rundir import RunDirError
     from firm.train import run
 
     try:
         result = run(config)
-    except (PromptFileError, RunDirError) as err:
+    except (PromptFileError, RunDirError, PolicyError) as err:
         print(f"firm: error: {err}", file=sys.stderr)
         return 2
     except ObjectiveError as err:
@@ -68,11 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("firm: interrupted; completed rounds and checkpoints are in the run directory", file=sys.stderr)
         return 130
-    final = result.summary.get("final_eval", {})
+    from firm.report import report_table
+
+    print(report_table(result.run_dir))
     print(f"run directory: {result.run_dir}")
-    print(
-        "final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + f"; kl {result.summary.get('final_kl', 0.0):.4f}"
-    )
+    if result.report is not None:
+        print(f"report: {result.report}")
+    return 0
+
+
+def _report(run_dir: str) -> int:
+    from firm.report import ReportError, report_table, write_report
+
+    try:
+        path = write_report(run_dir)
+    except ReportError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    print(report_table(run_dir))
+    print(f"report: {path}")
     return 0
 
 

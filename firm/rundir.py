@@ -130,5 +130,9 @@ class RunDir:
             raise
         return final
 
+    def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """A whole JSONL file (e.g. samples.jsonl), written atomically."""
+        _write_atomic(self.path / name, "".join(json.dumps(row) + "\n" for row in rows))
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

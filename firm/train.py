@@ -20,10 +20,13 @@ from firm.codec import Adapter, encode
 from firm.config import Config, validate
 from firm.data import federated_prompts
 from firm.engines.inprocess import InProcessEngine
-from firm.evaluation import evaluate
+from firm.evaluation import base_vs_final_samples, evaluate
 from firm.objectives import resolve_objective
 from firm.policy import Policy, build_policy
 from firm.rundir import RunDir
+
+NUM_SAMPLES = 4
+"""Held-out prompts whose base and final completions go into samples.jsonl and the report."""
 
 
 @dataclass
@@ -34,6 +37,7 @@ class RunResult:
     final_adapter: Adapter
     metrics: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None  # report.html, if it was written
 
 
 def _mean_train_rewards(steps: dict[int, list[dict[str, Any]]], names: list[str]) -> dict[str, float]:
@@ -116,6 +120,12 @@ def run(config: Config) -> RunResult:
             if eval_rewards is not None:
                 progress.set_postfix({k[:12]: f"{v:.3f}" for k, v in eval_rewards.items()})
         final_dir = run_dir.write_final_adapter(partial(_save, policy, global_adapter))
+        progress.set_description("samples")
+        ro = config.rollout
+        samples = base_vs_final_samples(
+            policy, objectives, prompts.eval[:NUM_SAMPLES], ro.max_new_tokens, ro.temperature, fed.seed
+        )
+        run_dir.write_jsonl("samples.jsonl", samples)
         final = next((m for m in reversed(metrics) if m["eval"] is not None), None)
         summary.update(
             status="completed",
@@ -137,7 +147,19 @@ def run(config: Config) -> RunResult:
             run_dir.write_summary(summary)
         except OSError as err:  # never let a failed summary write hide the error that ended the run
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
-    return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary)
+    report = _write_report(run_dir.path)
+    return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
+
+
+def _write_report(path: Path) -> Path | None:
+    """Plots and report.html; a failure here is reported but never fails a finished run."""
+    from firm.report import write_report
+
+    try:
+        return write_report(path)
+    except Exception as err:  # the run's results are already safe on disk
+        print(f"firm: could not write the report ({type(err).__name__}: {err}); run `firm report {path}`", file=sys.stderr)
+        return None
 
 
 def _save(policy: Policy, adapter: Adapter, directory: Path) -> None:

@@ -157,7 +157,8 @@ def test_cli_train_subprocess(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "run directory:" in proc.stdout and "final eval:" in proc.stdout
+    assert "run directory:" in proc.stdout and "report:" in proc.stdout
+    assert "helpfulness" in proc.stdout and "bytes sent" in proc.stdout  # the default objectives, base vs final table
     assert (tmp_path / "cli" / "final_adapter" / "adapter_model.safetensors").is_file()
     assert firm.load_config(tmp_path / "cli" / "config.toml").algorithm.reg == 0.5
     # A second run into the same directory is a user error: one line, exit 2, nothing overwritten.
