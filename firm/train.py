@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,7 @@ from firm import __version__
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.codec import Adapter, encode
 from firm.config import Config, validate
-from firm.data import federated_prompts
+from firm.data import Prompt, federated_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.evaluation import base_vs_final_samples, evaluate
 from firm.objectives import resolve_objective
@@ -123,7 +124,7 @@ def run(config: Config) -> RunResult:
         progress.set_description("samples")
         ro = config.rollout
         samples = base_vs_final_samples(
-            policy, objectives, prompts.eval[:NUM_SAMPLES], ro.max_new_tokens, ro.temperature, fed.seed
+            policy, objectives, _sample_prompts(prompts.eval), ro.max_new_tokens, ro.temperature, fed.seed
         )
         run_dir.write_jsonl("samples.jsonl", samples)
         final = next((m for m in reversed(metrics) if m["eval"] is not None), None)
@@ -149,6 +150,14 @@ def run(config: Config) -> RunResult:
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
     report = _write_report(run_dir.path)
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
+
+
+def _sample_prompts(held_out: Sequence[Prompt]) -> list[Prompt]:
+    """NUM_SAMPLES held-out prompts for samples.jsonl: half provocative when there are any, so both kinds show."""
+    provocative = [p for p in held_out if p.provocative][: NUM_SAMPLES // 2]
+    others = [p for p in held_out if not p.provocative][: NUM_SAMPLES - len(provocative)]
+    chosen = provocative + others
+    return chosen if len(chosen) == min(NUM_SAMPLES, len(held_out)) else list(held_out[:NUM_SAMPLES])
 
 
 def _write_report(path: Path) -> Path | None:
