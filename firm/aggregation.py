@@ -12,6 +12,8 @@ sums give the update drift of DESIGN.md section 5 without a second pass:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from firm.codec import Adapter
@@ -27,7 +29,14 @@ class RunningMean:
         self.count = 0
         self.sq_norm_sum = 0.0  # sum_i ||Delta_i||^2, float64
 
-    def add(self, delta: Adapter, weight: float) -> None:
+    def add(self, uploads: Adapter | Sequence[Adapter], weight: float) -> None:
+        """Add one client's delta (a one-adapter upload: the adapter itself or a list of one)."""
+        if isinstance(uploads, dict):
+            delta = uploads
+        elif len(uploads) == 1:
+            delta = uploads[0]
+        else:
+            raise ValueError(f"a one-adapter aggregator got {len(uploads)} payloads")
         if weight <= 0:
             raise ValueError(f"aggregation weight must be > 0, got {weight}")
         if self.count and delta.keys() != self.weighted_sum.keys():

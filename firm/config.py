@@ -80,7 +80,7 @@ class ObjectivesConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = "firm"
-    """Federated algorithm: a key of `firm.algorithms.REGISTRY` (firm, fedavg, mgda)."""
+    """Federated algorithm: a key of `firm.algorithms.REGISTRY` (firm, fedavg, mgda, fmgda)."""
     local_steps: int = 2
     """K: local RL steps per client per round (each with a fresh rollout)."""
     inner_epochs: int = 1
@@ -99,6 +99,10 @@ class AlgorithmConfig:
     """Weight of the per-token KL penalty to the reference (adapter-disabled) model."""
     advantage_eps: float = 1e-6
     """eps in the group-relative advantage (r - mean) / (std + eps)."""
+    normalize_deltas: bool = False
+    """fmgda: solve the server's min-norm problem on unit-normalised averaged deltas (weights then applied to the raw ones)."""
+    fmgda_steering: bool = False
+    """fmgda: preference-steered variant (not in the paper): FIRM's regularised solve (anchor p, algorithm.reg) at the server."""
     vjp: Literal["loop", "batched"] = "loop"
     """How the M per-objective gradients are taken: M backward passes of one graph, or one vmapped backward."""
 

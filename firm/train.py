@@ -104,6 +104,7 @@ def run(config: Config) -> RunResult:
                 "train": {"reward": _mean_train_rewards(outcome.steps, names)},
                 "weights": {str(c): w for c, w in outcome.weights.items()},
                 "drift": {"weights": _weights_drift(weight_rows), "updates": outcome.drift_updates},
+                "server": outcome.server,
                 "comm": {"upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes},
                 "time_s": times,
                 "local": {str(c): s for c, s in outcome.steps.items()},

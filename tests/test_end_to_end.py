@@ -15,8 +15,9 @@ from firm.codec import encode
 from firm.train import RunResult
 from tests.conftest import tiny_config
 
-ALGORITHMS = ["firm", "fedavg", "mgda"]
-METRIC_FIELDS = {"round", "clients", "eval", "kl", "train", "weights", "drift", "comm", "time_s", "local"}
+ALGORITHMS = ["firm", "fedavg", "mgda", "fmgda"]
+METRIC_FIELDS = {"round", "clients", "eval", "kl", "train", "weights", "drift", "server", "comm", "time_s", "local"}
+PAYLOADS_PER_CLIENT = {"fmgda": 2}  # one adapter delta per objective (M = 2); one for the others
 TIME_PHASES = {"rollout", "scoring", "forward", "backward", "step", "aggregation", "communication", "eval", "round"}
 
 
@@ -46,7 +47,7 @@ def test_run_directory_and_metrics_fields(runs: dict[str, RunResult], alg: str) 
         for weights in row["weights"].values():
             assert len(weights) == 2 and abs(sum(weights) - 1.0) < 1e-9 and min(weights) >= 0.0
         for steps in row["local"].values():
-            assert len(steps) == 2  # K = 2 local steps
+            assert len(steps) == 2 * PAYLOADS_PER_CLIENT.get(alg, 1)  # K = 2 local steps (per objective for fmgda)
             assert {"reward", "weights", "kl", "d_norm"} <= steps[0].keys()
     summary = json.loads((d / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 2
@@ -63,8 +64,14 @@ def test_upload_bytes_equal_clients_times_encoded_adapter(runs: dict[str, RunRes
     adapter_bytes = len(encode(result.final_adapter))
     assert adapter_bytes == result.summary["adapter_bytes"]
     for row in result.metrics:
-        assert row["comm"]["upload_bytes"] == len(row["clients"]) * adapter_bytes
+        assert row["comm"]["upload_bytes"] == len(row["clients"]) * PAYLOADS_PER_CLIENT.get(alg, 1) * adapter_bytes
         assert row["comm"]["download_bytes"] == len(row["clients"]) * adapter_bytes
+
+
+def test_fmgda_uploads_exactly_m_times_firm(runs: dict[str, RunResult]) -> None:
+    for firm_row, fmgda_row in zip(runs["firm"].metrics, runs["fmgda"].metrics, strict=True):
+        assert fmgda_row["comm"]["upload_bytes"] == 2 * firm_row["comm"]["upload_bytes"]
+        assert len(fmgda_row["server"]["weights"]) == 2 and firm_row["server"] == {}
 
 
 def test_weights_follow_each_rule(runs: dict[str, RunResult]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from firm.algorithms.fedavg import FedAvg
 from firm.algorithms.firm import Firm
+from firm.algorithms.fmgda import Fmgda
 from firm.algorithms.mgda import Mgda
 from firm.algorithms.protocol import Aggregator, Algorithm, AlgorithmFactory, ClientUpdate
 
@@ -11,6 +12,7 @@ REGISTRY: dict[str, AlgorithmFactory] = {
     "firm": Firm.from_config,
     "fedavg": FedAvg.from_config,
     "mgda": Mgda.from_config,
+    "fmgda": Fmgda.from_config,
 }
 
-__all__ = ["REGISTRY", "Aggregator", "Algorithm", "ClientUpdate", "FedAvg", "Firm", "Mgda"]
+__all__ = ["REGISTRY", "Aggregator", "Algorithm", "ClientUpdate", "FedAvg", "Firm", "Fmgda", "Mgda"]

@@ -45,7 +45,7 @@ class FedAvg:
     ) -> ClientUpdate:
         fixed = torch.tensor(self.preference, dtype=torch.float64)
         result = local_update(params, sample_problem, fixed, self.local_steps, self.inner_epochs, self.optimizer, self.lr, timer)
-        return ClientUpdate(result.delta, result.num_samples, result.mean_weights, result.steps)
+        return ClientUpdate([result.delta], result.num_samples, result.mean_weights, result.steps)
 
     def new_aggregator(self) -> RunningMean:
         return RunningMean()

@@ -61,7 +61,7 @@ class Firm:
         result = local_update(
             params, sample_problem, self.weights, self.local_steps, self.inner_epochs, self.optimizer, self.lr, timer
         )
-        return ClientUpdate(result.delta, result.num_samples, result.mean_weights, result.steps)
+        return ClientUpdate([result.delta], result.num_samples, result.mean_weights, result.steps)
 
     def new_aggregator(self) -> RunningMean:
         return RunningMean()

@@ -3,9 +3,11 @@
 Per round, an engine:
     1. sends the global adapter to each sampled client;
     2. on the client: `update = algorithm.client_update(params, sample_problem, client_state)`,
-       with `params` the live adapter set to the global one, and encodes `update.upload`;
-    3. on the server: `aggregator = algorithm.new_aggregator()`, `aggregator.add(decoded upload,
-       update.num_samples)` per client, then `algorithm.server_update(global, aggregator)`.
+       with `params` the live adapter set to the global one, and encodes each of `update.uploads`
+       (one adapter-shaped payload each: one for FIRM and FedAvg, M for FMGDA);
+    3. on the server: `aggregator = algorithm.new_aggregator()`, `aggregator.add(decoded uploads,
+       update.num_samples)` per client, then `algorithm.server_update(global, aggregator)`;
+       `aggregator.stats` (if any) is logged as the round's `server` field.
 
 Algorithms never do I/O, never print, never import an engine; the engine keeps per-client state
 (`update.client_state`) across rounds and hands it back on the client's next round.
@@ -13,7 +15,7 @@ Algorithms never do I/O, never print, never import an engine; the engine keeps p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,15 +30,22 @@ from firm.local_step import LocalProblem, Timer
 class ClientUpdate:
     """What a client returns: the payload to upload and what to log."""
 
-    upload: Adapter  # what goes over the wire (for one-adapter algorithms: the delta)
+    uploads: list[Adapter]  # what goes over the wire, one encoded payload each (one-adapter algorithms: [delta])
     num_samples: int  # aggregation weight
     mean_weights: list[float]  # [M] lambdabar_i
     steps: list[dict[str, Any]] = field(default_factory=list)  # per-local-step log
     client_state: dict[str, Any] = field(default_factory=dict)  # kept by the engine for the next round
 
+    @property
+    def upload(self) -> Adapter:
+        """The single payload of a one-adapter algorithm."""
+        if len(self.uploads) != 1:
+            raise ValueError(f"this update has {len(self.uploads)} payloads, not one")
+        return self.uploads[0]
+
 
 class Aggregator(Protocol):
-    def add(self, upload: Adapter, weight: float) -> None: ...
+    def add(self, uploads: Adapter | Sequence[Adapter], weight: float) -> None: ...
 
     def update_drift(self) -> float: ...
 

@@ -31,6 +31,7 @@ class RoundOutcome:
     weights: dict[int, list[float]]  # client -> lambdabar_i [M]
     steps: dict[int, list[dict[str, Any]]]  # client -> per-local-step log
     drift_updates: float
+    server: dict[str, Any]  # what the server computed this round (e.g. FMGDA's weights)
     upload_bytes: int
     download_bytes: int
     times: dict[str, float] = field(default_factory=dict)
@@ -75,11 +76,11 @@ class InProcessEngine:
             update = self.algorithm.client_update(self.policy.params, sampler, self.client_states.get(client_id, {}), timer)
             self.client_states[client_id] = update.client_state
             with timer.phase("communication"):
-                payload = encode(update.upload)
-                upload_bytes += len(payload)
-                upload = decode(payload)
+                payloads = [encode(upload) for upload in update.uploads]
+                upload_bytes += sum(len(p) for p in payloads)
+                uploads = [decode(p) for p in payloads]
             with timer.phase("aggregation"):
-                aggregator.add(upload, float(update.num_samples))
+                aggregator.add(uploads, float(update.num_samples))
             weights[client_id] = update.mean_weights
             steps[client_id] = update.steps
             if on_client_done is not None:
@@ -87,6 +88,7 @@ class InProcessEngine:
         with timer.phase("aggregation"):
             new_global = self.algorithm.server_update(global_adapter, aggregator)
             drift_updates = aggregator.update_drift()
+            server_stats = dict(getattr(aggregator, "stats", {}))
         self.policy.set_adapter(new_global)
         return RoundOutcome(
             global_adapter=new_global,
@@ -94,6 +96,7 @@ class InProcessEngine:
             weights=weights,
             steps=steps,
             drift_updates=drift_updates,
+            server=server_stats,
             upload_bytes=upload_bytes,
             download_bytes=download_bytes,
             times=dict(timer.totals),
