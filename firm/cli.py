@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from firm import __version__
-from firm.config import ConfigError, config_to_toml, field_help, load_config
+from firm.config import Config, ConfigError, config_to_toml, field_help, load_config
 
 EPILOG_HEAD = "config keys (override any of them as key=value; lists as [a, b]):\n"
 
@@ -27,6 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="firm", description="Federated multi-objective alignment of language models.")
     parser.add_argument("--version", action="version", version=f"firm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser(
+        "sweep",
+        help="train each algorithm at evenly spaced preference vectors (resumable); writes sweep.json with hypervolumes",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+    sweep.add_argument("--algorithms", default="firm,fedavg", help="comma-separated algorithms (default: firm,fedavg)")
+    sweep.add_argument("--divisions", type=int, default=4, help="simplex lattice step 1/D (M = 2: D + 1 points; default 4)")
+    sweep.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides; output.name names the sweep (rerun it to resume)"
+    )
     report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
     report.add_argument("run_dir", metavar="RUN_DIR")
     for name, help_text in (
@@ -55,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(config_to_toml(config), end="")
         return 0
+    if args.command == "sweep":
+        return _sweep(config, args.algorithms, args.divisions)
 
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
@@ -79,6 +93,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"run directory: {result.run_dir}")
     if result.report is not None:
         print(f"report: {result.report}")
+    return 0
+
+
+def _sweep(config: Config, algorithms: str, divisions: int) -> int:
+    from firm.sweep import sweep
+
+    if divisions < 1:
+        print("firm: error: --divisions: must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = sweep(config, [a.strip() for a in algorithms.split(",") if a.strip()], divisions)
+    except ConfigError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("firm: interrupted; finished points are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    names = list(config.objectives.names)
+    print("algorithm  preference      " + "  ".join(f"{n:>12s}" for n in names))
+    for p in result["points"]:
+        pref = "(" + ", ".join(f"{v:.2f}" for v in p["preference"]) + ")"
+        evals = p["final_eval"] or {}
+        print(f"{p['algorithm']:<10s} {pref:<15s} " + "  ".join(f"{evals.get(n, float('nan')):12.4f}" for n in names))
+    if result.get("pareto"):
+        hv = result["pareto"]["hypervolume"]
+        print("hypervolume (normalised together, see sweep.json): " + ", ".join(f"{a} {v:.4f}" for a, v in hv.items()))
+    print(f"sweep directory: {result['path']}")
     return 0
 
 

@@ -50,7 +50,7 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used (exists and is not empty, not writable...)."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -92,7 +92,7 @@ class RunDir:
             raise RunDirError(f"cannot create run directory {path}: {err.strerror}") from None
         self.path = path
         self.metrics_path = path / "metrics.jsonl"
-        _write_atomic(path / "config.toml", f"# resolved config, firm {version}\n" + config_to_toml(config))
+        write_atomic(path / "config.toml", f"# resolved config, firm {version}\n" + config_to_toml(config))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as fh:
@@ -132,7 +132,7 @@ class RunDir:
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
         """A whole JSONL file (e.g. samples.jsonl), written atomically."""
-        _write_atomic(self.path / name, "".join(json.dumps(row) + "\n" for row in rows))
+        write_atomic(self.path / name, "".join(json.dumps(row) + "\n" for row in rows))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

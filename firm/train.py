@@ -18,7 +18,7 @@ from typing import Any
 from firm import __version__
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.codec import Adapter, encode
-from firm.config import Config, validate
+from firm.config import Config, LoraConfig, ModelConfig, validate
 from firm.data import Prompt, federated_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.evaluation import base_vs_final_samples, evaluate
@@ -48,15 +48,37 @@ def _mean_train_rewards(steps: dict[int, list[dict[str, Any]]], names: list[str]
     return {name: sum(r[m] for r in rows) / len(rows) for m, name in enumerate(names)}
 
 
-def run(config: Config) -> RunResult:
-    """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs."""
+_MODELS: dict[tuple[ModelConfig, LoraConfig, int], tuple[Policy, Adapter]] = {}
+"""Policies kept for `reuse_model=True` runs in this process, with their freshly initialised adapter."""
+
+
+def _policy(config: Config, reuse_model: bool) -> Policy:
+    """Build the policy, or (reuse_model) take this process's copy and reset its adapter to the fresh init."""
+    key = (config.model, config.lora, config.federation.seed)
+    if reuse_model and key in _MODELS:
+        policy, initial = _MODELS[key]
+        policy.set_adapter(initial)
+        return policy
+    policy = build_policy(config.model, config.lora, config.federation.seed)
+    if reuse_model:
+        _MODELS[key] = (policy, policy.get_adapter())
+    return policy
+
+
+def run(config: Config, *, reuse_model: bool = False) -> RunResult:
+    """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs.
+
+    `reuse_model=True` keeps the base model in memory between calls in one process (sweeps): a
+    later run with the same model, LoRA and seed starts from the identical fresh adapter, so its
+    results equal those of a run in a new process.
+    """
     validate(config)
     start = time.perf_counter()
     fed, ev = config.federation, config.eval
     names = list(config.objectives.names)
     objectives = [(name, resolve_objective(name)) for name in names]
     prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
-    policy = build_policy(config.model, config.lora, fed.seed)
+    policy = _policy(config, reuse_model)
     algorithm = ALGORITHMS[config.algorithm.name](config)
     engine = InProcessEngine(policy, algorithm, objectives, prompts.clients, config)
     run_dir = RunDir(config, __version__)

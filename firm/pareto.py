@@ -1,0 +1,181 @@
+"""Pareto fronts and the hypervolume of reward vectors, for MAXIMISATION (DESIGN.md section 5).
+
+The hypervolume (HV) of a set of points P in [0, 1]^M with reference point r is the Lebesgue
+measure of the region they dominate:
+
+    HV(P, r) = vol( union_{p in P} [r_1, p_1] x ... x [r_M, p_M] )
+
+Rewards live on arbitrary, different scales, so points are first mapped to [0, 1]^M by a
+`Normalization` (per objective, x -> (x - lower) / (upper - lower), clipped), and the reference
+defaults to the worst corner, r = 0. HV then lies in [0, 1], and 1 means one point reached the
+upper bound on every objective.
+
+A hypervolume is comparable only with another one computed under the SAME normalisation: the
+default bounds are the min and max over the points given, so normalising each algorithm's points
+on their own would give each its own unit. `hypervolume_report` therefore normalises the points of
+all algorithms together and writes the bounds and the reference next to the numbers. For the same
+reason, under min-max bounds adding a point can move a bound and change the HV of the others;
+monotonicity and "dominated points change nothing" hold for a fixed normalisation.
+
+moocore computes the exact HV (`moocore.hypervolume`, maximise=True) and the non-dominated mask
+(`moocore.is_nondominated`, maximise=True, keep_weakly=True); this module only validates inputs,
+normalises and serialises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import moocore
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float64]
+
+
+def _as_points(points: npt.ArrayLike, name: str = "points", num_objectives: int | None = None) -> Array:
+    """Validated float copy of points  # [N, M]; ValueError naming the problem otherwise."""
+    arr = np.array(points, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [N, M] (one row per point), got shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one objective (column), got shape {arr.shape}")
+    if num_objectives is not None and arr.shape[1] != num_objectives:
+        raise ValueError(f"{name} has {arr.shape[1]} objectives (columns), expected {num_objectives}")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{name} must be finite; NaN or inf in rows {np.flatnonzero(bad).tolist()}")
+    return arr
+
+
+def _as_vector(values: npt.ArrayLike, name: str, num_objectives: int) -> Array:
+    """Validated float vector  # [M]; a scalar is broadcast to all M objectives."""
+    arr = np.array(values, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(num_objectives, float(arr))
+    if arr.shape != (num_objectives,):
+        raise ValueError(f"{name} must be a scalar or have shape ({num_objectives},), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite, got {arr.tolist()}")
+    return arr
+
+
+def non_dominated(points: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Mask [N] of the rows of points  # [N, M] that no other row dominates, for maximisation.
+
+    q dominates p when q >= p on every objective and q > p on at least one, so a point that only
+    ties the best on one objective and is worse on another is dominated. Exact duplicates do not
+    dominate each other: every copy of a non-dominated point is True (moocore's keep_weakly=True;
+    its default would keep only the first copy), every copy of a dominated point False.
+    """
+    arr = _as_points(points)
+    return np.asarray(moocore.is_nondominated(arr, maximise=True, keep_weakly=True), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-objective affine map of rewards onto [0, 1]: x -> clip((x - lower) / (upper - lower), 0, 1).
+
+    Build it with `from_points`. An objective with upper == lower (all points tie on it) maps to
+    1.0, not 0.0: a tie carries no ranking information, and 0.0 would put every point on the
+    reference plane and zero the hypervolume of all of them.
+    """
+
+    lower: tuple[float, ...]
+    """[M] reward mapped to 0 (the worst corner); values below it are clipped to 0."""
+    upper: tuple[float, ...]
+    """[M] reward mapped to 1; values above it are clipped to 1."""
+    method: str = "fixed"
+    """Where the bounds came from: "min-max" (over the points), "fixed", or a mix per bound."""
+
+    def __post_init__(self) -> None:
+        lower, upper = np.asarray(self.lower, dtype=np.float64), np.asarray(self.upper, dtype=np.float64)
+        if lower.ndim != 1 or lower.shape != upper.shape or lower.size == 0:
+            raise ValueError(f"lower and upper must both have shape (M,) with M >= 1, got {lower.shape} and {upper.shape}")
+        if not (np.isfinite(lower).all() and np.isfinite(upper).all()):
+            raise ValueError(f"normalisation bounds must be finite, got lower={self.lower} upper={self.upper}")
+        if (lower > upper).any():
+            raise ValueError(f"normalisation needs lower <= upper on every objective, got lower={self.lower} upper={self.upper}")
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.lower)
+
+    @classmethod
+    def from_points(
+        cls, points: npt.ArrayLike, lower: npt.ArrayLike | None = None, upper: npt.ArrayLike | None = None
+    ) -> Normalization:
+        """Bounds for points  # [N, M]: a bound left as None is the per-objective min (lower) or max
+        (upper) over the points; a given bound (scalar or [M]) is used as is, e.g. lower=0, upper=1
+        for rewards already in [0, 1], which makes hypervolumes comparable across figures too."""
+        arr = _as_points(points)
+        m = arr.shape[1]
+        if arr.shape[0] == 0 and (lower is None or upper is None):
+            raise ValueError("cannot take min-max bounds over zero points; pass lower and upper")
+        lo = arr.min(axis=0) if lower is None else _as_vector(lower, "lower", m)
+        hi = arr.max(axis=0) if upper is None else _as_vector(upper, "upper", m)
+        if lower is None and upper is None:
+            method = "min-max"
+        elif lower is not None and upper is not None:
+            method = "fixed"
+        else:
+            method = "fixed lower, max upper" if upper is None else "min lower, fixed upper"
+        return cls(tuple(lo.tolist()), tuple(hi.tolist()), method)
+
+    def normalize(self, points: npt.ArrayLike) -> Array:
+        """points  # [N, M] -> normalised points  # [N, M] in [0, 1]."""
+        arr = _as_points(points, num_objectives=self.num_objectives)
+        lower, upper = np.asarray(self.lower), np.asarray(self.upper)
+        span = upper - lower
+        degenerate = span == 0
+        out = (arr - lower) / np.where(degenerate, 1.0, span)
+        out[:, degenerate] = 1.0
+        return np.clip(out, 0.0, 1.0)
+
+
+def hypervolume(points: npt.ArrayLike, normalization: Normalization, reference: npt.ArrayLike | None = None) -> float:
+    """Exact hypervolume of points  # [N, M] (rewards, maximised) after `normalization`.
+
+    reference  # [M] is in normalised units and defaults to 0, the worst corner, so the result lies
+    in [0, 1]; a negative reference also credits points at the lower bound. Points that do not beat
+    the reference on every objective add nothing; zero points give 0.0.
+    """
+    normed = normalization.normalize(points)
+    m = normalization.num_objectives
+    ref = np.zeros(m) if reference is None else _as_vector(reference, "reference", m)
+    return float(moocore.hypervolume(normed, ref=ref, maximise=True))
+
+
+def hypervolume_report(
+    points_by_name: dict[str, npt.ArrayLike], lower: npt.ArrayLike | None = None, upper: npt.ArrayLike | None = None
+) -> dict[str, Any]:
+    """Hypervolume per name (algorithm) under ONE normalisation of all their points together.
+
+    points_by_name[name]  # [N_name, M]. lower / upper are passed to `Normalization.from_points`
+    over the concatenation of all points. Returns a JSON-ready dict, written next to every figure:
+
+        {"normalization": {"lower": [M floats], "upper": [M floats], "method": str},
+         "reference": [M floats, normalised units],
+         "hypervolume": {name: float},
+         "front": {name: [row indices into points_by_name[name] of its own non-dominated points]}}
+    """
+    if not points_by_name:
+        raise ValueError("points_by_name is empty; need at least one set of points")
+    arrays = {name: _as_points(p, name=f"points_by_name[{name!r}]") for name, p in points_by_name.items()}
+    widths = {name: a.shape[1] for name, a in arrays.items()}
+    if len(set(widths.values())) != 1:
+        raise ValueError(f"every set of points needs the same number of objectives, got {widths}")
+    normalization = Normalization.from_points(np.concatenate(list(arrays.values())), lower, upper)
+    reference = np.zeros(normalization.num_objectives)
+    return {
+        "normalization": {
+            "lower": list(normalization.lower),
+            "upper": list(normalization.upper),
+            "method": f"{normalization.method} bounds, one normalisation for all sets: x -> clip((x - lower) / (upper - lower), 0, 1), "
+            "an objective with upper == lower -> 1.0; rewards maximised",
+        },
+        "reference": reference.tolist(),
+        "hypervolume": {name: hypervolume(a, normalization, reference) for name, a in arrays.items()},
+        "front": {name: np.flatnonzero(non_dominated(a)).tolist() for name, a in arrays.items()},
+    }
