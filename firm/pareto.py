@@ -144,7 +144,10 @@ def hypervolume(points: npt.ArrayLike, normalization: Normalization, reference: 
     normed = normalization.normalize(points)
     m = normalization.num_objectives
     ref = np.zeros(m) if reference is None else _as_vector(reference, "reference", m)
-    return float(moocore.hypervolume(normed, ref=ref, maximise=True))
+    hv = float(moocore.hypervolume(normed, ref=ref, maximise=True))
+    # Normalised points lie in [0, 1], so HV cannot exceed the box [ref, 1]; moocore's 5-D+ algorithms
+    # can overshoot it by rounding (1.0000000000000004 for a point at the corner), which we remove.
+    return min(hv, float(np.prod(np.maximum(1.0 - ref, 0.0))))
 
 
 def hypervolume_report(

@@ -160,6 +160,14 @@ def test_degenerate_objective_maps_to_one() -> None:
     assert hypervolume(np.array([[3.0, -2.0, 7.0]]), Normalization.from_points(np.array([[3.0, -2.0, 7.0]]))) == approx(1.0)
 
 
+def test_hv_5d_corner_is_exactly_one() -> None:
+    # Min-max over these points: the first objective maps to (0, 1, 0), the other four are constant
+    # and map to 1.0, so row 1 sits at the corner (1, 1, 1, 1, 1): HV = 1. moocore's 5-D algorithm
+    # returns 1.0000000000000004 here; hypervolume caps it at the volume of the box [0, 1]^5.
+    raw = np.array([[-0.5, 0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert hypervolume(raw, Normalization.from_points(raw)) == 1.0
+
+
 def test_fixed_bounds_clip() -> None:
     # (2, -1) under bounds [0, 1] clips to (1, 0): on the reference axis, HV 0. (0.5, 3) -> (0.5, 1): 0.5.
     assert hypervolume(np.array([[2.0, -1.0]]), unit(2)) == 0.0

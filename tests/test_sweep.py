@@ -72,5 +72,5 @@ def test_sweep_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "sweep directory:" in proc.stdout and proc.stdout.count("fedavg") >= 2
     assert (tmp_path / "cli" / "sweep.json").is_file()
-    bad = subprocess.run([*args[:4], "nope", *args[5:]], capture_output=True, text=True, timeout=300, check=False)
+    bad = subprocess.run([*args[:5], "nope", *args[6:]], capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and "unknown algorithm 'nope'" in bad.stderr and "Traceback" not in bad.stderr
