@@ -89,7 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     from firm.report import report_table
 
-    print(report_table(result.run_dir))
+    if result.summary.get("reference") == "local":  # one run per client: print the spread over clients
+        for name, spread in result.summary["final_eval"].items():
+            print(
+                f"{name}: mean {spread['mean']:.4f} (std {spread['std']:.4f}, min {spread['min']:.4f}, max {spread['max']:.4f}) over clients"
+            )
+    else:
+        print(report_table(result.run_dir))
     print(f"run directory: {result.run_dir}")
     if result.report is not None:
         print(f"report: {result.report}")

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+REFERENCES = ("centralized", "local")
+"""Non-federated reference runs accepted as algorithm.name (firm.references)."""
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error: one line, naming the key and what is allowed."""
@@ -99,6 +102,8 @@ class AlgorithmConfig:
     """Weight of the per-token KL penalty to the reference (adapter-disabled) model."""
     advantage_eps: float = 1e-6
     """eps in the group-relative advantage (r - mean) / (std + eps)."""
+    reference_rule: Literal["firm", "fedavg", "mgda"] = "firm"
+    """centralized / local references: the weighting rule their single learner uses."""
     normalize_deltas: bool = False
     """fmgda: solve the server's min-norm problem on unit-normalised averaged deltas (weights then applied to the raw ones)."""
     fmgda_steering: bool = False
@@ -301,9 +306,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"objectives.preference: weights must be >= 0, got {list(pref)}")
         if sum(pref) <= 0:
             raise ConfigError(f"objectives.preference: weights must not all be zero, got {list(pref)}")
-    if config.algorithm.name not in ALGORITHMS:
+    if config.algorithm.name not in ALGORITHMS and config.algorithm.name not in REFERENCES:
         raise ConfigError(
-            f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted(ALGORITHMS))}"
+            f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted([*ALGORITHMS, *REFERENCES]))}"
         )
     fed = config.federation
     if fed.clients_per_round > fed.num_clients:

@@ -339,7 +339,8 @@ def _plot_comm(run: Run) -> Figure:
     left.plot(rounds, [v / scale for v in down], marker="s", ls="--", mfc="none", label="download (server → clients)")
     left.set_title("Bytes per round, all clients", fontsize="medium")
     left.set_ylabel(f"{unit} per round")
-    left.set_ylim(bottom=0, top=max([v / scale for v in up + down if not math.isnan(v)], default=1.0) * 1.35)
+    top = max([v / scale for v in up + down if not math.isnan(v)], default=0.0)
+    left.set_ylim(bottom=0, top=top * 1.35 if top > 0 else 1.0)  # 0 bytes (references): keep a visible axis
     left.legend(fontsize="small", loc="upper left")
     cumulative, total = [], 0.0
     for v in up:

@@ -18,8 +18,8 @@ from typing import Any
 from firm import __version__
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.codec import Adapter, encode
-from firm.config import Config, LoraConfig, ModelConfig, validate
-from firm.data import Prompt, federated_prompts
+from firm.config import REFERENCES, Config, LoraConfig, ModelConfig, validate
+from firm.data import FederatedPrompts, Prompt, federated_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.evaluation import base_vs_final_samples, evaluate
 from firm.objectives import resolve_objective
@@ -65,22 +65,34 @@ def _policy(config: Config, reuse_model: bool) -> Policy:
     return policy
 
 
-def run(config: Config, *, reuse_model: bool = False) -> RunResult:
+def run(
+    config: Config,
+    *,
+    reuse_model: bool = False,
+    prompts: FederatedPrompts | None = None,
+    communicate: bool = True,
+) -> RunResult:
     """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs.
 
     `reuse_model=True` keeps the base model in memory between calls in one process (sweeps): a
     later run with the same model, LoRA and seed starts from the identical fresh adapter, so its
-    results equal those of a run in a new process.
+    results equal those of a run in a new process. `prompts` replaces the config's partition and
+    `communicate=False` counts no bytes: both are for the non-federated references (firm.references).
     """
+    if config.algorithm.name in REFERENCES:
+        from firm import references
+
+        return references.REFERENCES[config.algorithm.name](config)
     validate(config)
     start = time.perf_counter()
     fed, ev = config.federation, config.eval
     names = list(config.objectives.names)
     objectives = [(name, resolve_objective(name)) for name in names]
-    prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
+    if prompts is None:
+        prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
     policy = _policy(config, reuse_model)
     algorithm = ALGORITHMS[config.algorithm.name](config)
-    engine = InProcessEngine(policy, algorithm, objectives, prompts.clients, config)
+    engine = InProcessEngine(policy, algorithm, objectives, prompts.clients, config, communicate)
     run_dir = RunDir(config, __version__)
 
     def run_eval() -> tuple[dict[str, float], float]:

@@ -32,6 +32,9 @@ def test_sweep_runs_every_point_and_resumes(tmp_path: Path) -> None:
     assert all(p["status"] == "completed" and set(p["final_eval"]) == {"positiveness", "conciseness"} for p in result["points"])
     saved = json.loads((root / "sweep.json").read_text())
     assert saved["points"] == result["points"]
+    pareto = saved["pareto"]  # hypervolume per algorithm, with the normalisation and reference beside it
+    assert set(pareto["hypervolume"]) == {"firm", "fedavg"} and all(0.0 <= v <= 1.0 for v in pareto["hypervolume"].values())
+    assert len(pareto["normalization"]["lower"]) == 2 and len(pareto["reference"]) == 2
     first_metrics = (root / "firm-p00" / "metrics.jsonl").read_text()
 
     # Simulate a crash: one point never completed. Resuming reruns only that point.

@@ -47,6 +47,7 @@ class InProcessEngine:
         objectives: Sequence[tuple[str, Objective]],
         shards: Sequence[Sequence[Prompt]],
         config: Config,
+        communicate: bool = True,
     ) -> None:
         self.policy = policy
         self.algorithm = algorithm
@@ -54,6 +55,9 @@ class InProcessEngine:
         self.shards = shards
         self.config = config
         self.client_states: dict[int, dict[str, Any]] = {}
+        # False for the non-federated references (centralized, local): the payloads still take the
+        # same path through the codec, but nothing is sent, so nothing is counted.
+        self.communicate = communicate
 
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
         fed = self.config.federation
@@ -90,6 +94,8 @@ class InProcessEngine:
             drift_updates = aggregator.update_drift()
             server_stats = dict(getattr(aggregator, "stats", {}))
         self.policy.set_adapter(new_global)
+        if not self.communicate:
+            upload_bytes = download_bytes = 0
         return RoundOutcome(
             global_adapter=new_global,
             client_ids=client_ids,
