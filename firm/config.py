@@ -104,6 +104,10 @@ class AlgorithmConfig:
     """eps in the group-relative advantage (r - mean) / (std + eps)."""
     reference_rule: Literal["firm", "fedavg", "mgda"] = "firm"
     """centralized / local references: the weighting rule their single learner uses."""
+    compression: float = 0.5
+    """fedcmoo: budget c of the probe upload, relative to one adapter's bytes (top-k values + indices of the M gradients)."""
+    fedcmoo_steering: bool = False
+    """fedcmoo: preference-steered variant: FIRM's regularised weight problem (anchor p, algorithm.reg) at the server."""
     normalize_deltas: bool = False
     """fmgda: solve the server's min-norm problem on unit-normalised averaged deltas (weights then applied to the raw ones)."""
     fmgda_steering: bool = False
@@ -326,6 +330,7 @@ def validate(config: Config) -> None:
         "algorithm.lr": config.algorithm.lr,
         "algorithm.server_lr": config.algorithm.server_lr,
         "algorithm.advantage_eps": config.algorithm.advantage_eps,
+        "algorithm.compression": config.algorithm.compression,
         "federation.num_clients": fed.num_clients,
         "federation.clients_per_round": fed.clients_per_round,
         "federation.rounds": fed.rounds,

@@ -92,25 +92,27 @@ class Run:
 
     @property
     def base_eval(self) -> dict[str, float]:
-        return dict(self.summary.get("initial_eval") or {})
+        return {k: _num(v) for k, v in (self.summary.get("initial_eval") or {}).items()}
 
     @property
     def final_eval(self) -> dict[str, float]:
         """summary.final_eval; while running or after a failure, the last evaluated round."""
-        if self.summary.get("final_eval"):
-            return dict(self.summary["final_eval"])
-        last = next((row for row in reversed(self.metrics) if row.get("eval")), None)
-        return dict(last["eval"]) if last else {}
+        final = self.summary.get("final_eval")
+        if not final:
+            last = next((row for row in reversed(self.metrics) if row.get("eval")), None)
+            final = last["eval"] if last else {}
+        return {k: _num(v) for k, v in final.items()}
 
     @property
     def base_kl(self) -> float | None:
-        return self.summary.get("initial_kl")
+        kl = self.summary.get("initial_kl")
+        return None if kl is None else _num(kl)
 
     @property
     def final_kl(self) -> float | None:
         if self.summary.get("final_kl") is not None:
-            return float(self.summary["final_kl"])
-        return next((float(row["kl"]) for row in reversed(self.metrics) if row.get("kl") is not None), None)
+            return _num(self.summary["final_kl"])
+        return next((_num(row["kl"]) for row in reversed(self.metrics) if row.get("kl") is not None), None)
 
     @property
     def total_bytes(self) -> tuple[int, int]:
@@ -134,6 +136,21 @@ def _get(row: dict[str, Any], *keys: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+def _num(value: Any) -> float:
+    """A metric as a float: None -> nan; a spread over clients {"mean", "std", "min", "max"} (the
+    parent directory of a `local` reference run) -> its mean."""
+    if isinstance(value, dict):
+        value = value.get("mean")
+    return math.nan if value is None else float(value)
+
+
+def _band(value: Any) -> tuple[float, float] | None:
+    """(min, max) of a spread over clients, None for a plain number."""
+    if isinstance(value, dict) and value.get("min") is not None and value.get("max") is not None:
+        return float(value["min"]), float(value["max"])
+    return None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -201,6 +218,35 @@ def _round_axis(ax: Axes, rounds: list[int]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _legend(ax: Axes, **kwargs: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _no_data(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} recorded", transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _plot_series(ax: Axes, raw: list[tuple[int, Any]], color: str, label: str | None = None) -> bool:
+    """Plot (round, value) points, values plain or spreads over clients (mean line, min-max band); False if none."""
+    points = [(x, _num(v)) for x, v in raw if not math.isnan(_num(v))]
+    if not points:
+        return False
+    xs, ys = zip(*points, strict=True)
+    ax.plot(xs, ys, marker="o", color=color, label=label)
+    bands = [(x, *b) for x, v in raw if (b := _band(v)) is not None]
+    if bands:
+        bx, lo, hi = zip(*bands, strict=True)
+        ax.fill_between(bx, lo, hi, color=color, alpha=0.2, lw=0)
+    return True
+
+
+def _has_bands(rows: list[dict[str, Any]], key: str) -> bool:
+    return any(isinstance(r.get(key), dict) and any(_band(v) for v in r[key].values()) for r in rows) or any(
+        _band(r.get(key)) for r in rows
+    )
+
+
 def _byte_unit(largest: float) -> tuple[float, str]:
     for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
         if largest >= scale:
@@ -211,32 +257,32 @@ def _byte_unit(largest: float) -> tuple[float, str]:
 def _plot_eval_rewards(run: Run) -> Figure:
     fig, (ax,) = _figure()
     base = run.base_eval
-    all_rounds = [0] if base else []
-    for name in run.objectives:
-        points = [(0, base[name])] if name in base else []
-        points += [(r["round"], r["eval"][name]) for r in run.metrics if r.get("eval") and name in r["eval"]]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", label=name)
-            all_rounds += list(xs)
+    plotted = False
+    for i, name in enumerate(run.objectives):
+        raw: list[tuple[int, Any]] = [(0, base[name])] if name in base else []
+        raw += [(r["round"], r["eval"][name]) for r in run.metrics if r.get("eval") and name in r["eval"]]
+        plotted |= _plot_series(ax, raw, f"C{i}", name)
+    if not plotted:
+        _no_data(ax, "evaluation")
     title = "Held-out eval reward of the global adapter"
     ax.set_title(title + (" (round 0 = base model)" if base else ""))
     ax.set_ylabel("mean reward per completion")
-    _round_axis(ax, all_rounds or run.rounds)
-    ax.legend(title="objective")
+    _round_axis(ax, [0, *run.rounds] if base else run.rounds)
+    band = " (band: min–max over clients)" if _has_bands(run.metrics, "eval") else ""
+    _legend(ax, title="objective" + band, fontsize="small")
     return fig
 
 
 def _plot_kl(run: Run) -> Figure:
     fig, (ax,) = _figure()
-    points = [(0, float(run.base_kl))] if run.base_kl is not None else []
-    points += [(r["round"], float(r["kl"])) for r in run.metrics if r.get("kl") is not None]
-    if points:
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", color="C3")
-    ax.set_title("KL of the global adapter to the reference model (held-out prompts)")
+    raw: list[tuple[int, Any]] = [(0, run.base_kl)] if run.base_kl is not None else []
+    raw += [(r["round"], r["kl"]) for r in run.metrics if r.get("kl") is not None]
+    if not _plot_series(ax, raw, "C3"):
+        _no_data(ax, "KL")
+    band = "; band: min–max over clients" if _has_bands(run.metrics, "kl") else ""
+    ax.set_title(f"KL of the global adapter to the reference (held-out prompts{band})")
     ax.set_ylabel("KL(π_θ || π_ref)  (nats per token)")
-    _round_axis(ax, [x for x, _ in points] or run.rounds)
+    _round_axis(ax, [0, *run.rounds] if run.base_kl is not None else run.rounds)
     return fig
 
 
@@ -284,10 +330,14 @@ def _plot_weights(run: Run) -> Figure:
         if len(shown) == 1:
             ax.set_ylabel(f"λ{_sub(m + 1)}  (weight on {names[m]})")
             ax.set_title(f"Client mean weight per round (λ{_sub(2)} = 1 − λ{_sub(1)})")
-            ax.legend(fontsize="small", ncols=2 if len(clients) > 5 else 1)
+            _legend(ax, fontsize="small", ncols=2 if len(clients) > 5 else 1)
         else:
-            ax.set_title(f"λ{_sub(m + 1)}: {names[m]}", fontsize="medium")
+            pref = f" (p{_sub(m + 1)} = {p[m]:.2f})" if m < len(p) else ""
+            ax.set_title(f"λ{_sub(m + 1)}: {names[m]}{pref}", fontsize="medium")
             ax.set_ylabel("weight")
+    if not clients:
+        for ax in axes[: len(shown)]:
+            _no_data(ax, "client weights")
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
     if len(shown) > 1:
@@ -310,30 +360,34 @@ def _sub(n: int) -> str:
 def _plot_drift(run: Run) -> Figure:
     fig, (left, right) = _figure(2, 1, width=WIDTH + 1.6)
     rounds = run.rounds
-    w = [_float(_get(r, "drift", "weights")) for r in run.metrics]
-    u = [_float(_get(r, "drift", "updates")) for r in run.metrics]
+    w = [_num(_get(r, "drift", "weights")) for r in run.metrics]
+    u = [_num(_get(r, "drift", "updates")) for r in run.metrics]
     left.plot(rounds, w, marker="o", color="C4")
     left.set_title("Weight drift", fontsize="medium")
     left.set_ylabel("mean ‖λ̄ᵢ − mean λ̄‖₁  (unitless)")
     right.plot(rounds, u, marker="o", color="C5")
     right.set_title("Update drift", fontsize="medium")
     right.set_ylabel("mean ‖Δᵢ − Δ̄‖² / ‖Δ̄‖²  (unitless)")
-    for ax in (left, right):
+    for ax, ys in ((left, w), (right, u)):
         _round_axis(ax, rounds)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, _top(ys))
+        if all(math.isnan(v) for v in ys):
+            _no_data(ax, "drift")
     fig.suptitle("Client disagreement per round")
     return fig
 
 
-def _float(value: Any) -> float:
-    return math.nan if value is None else float(value)
+def _top(values: list[float]) -> float:
+    """An upper y limit leaving room above the largest finite value (markers are not clipped)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite, default=0.0) * 1.12 or 1.0
 
 
 def _plot_comm(run: Run) -> Figure:
     fig, (left, right) = _figure(2, 1, width=WIDTH + 1.6)
     rounds = run.rounds
-    up = [_float(_get(r, "comm", "upload_bytes")) for r in run.metrics]
-    down = [_float(_get(r, "comm", "download_bytes")) for r in run.metrics]
+    up = [_num(_get(r, "comm", "upload_bytes")) for r in run.metrics]
+    down = [_num(_get(r, "comm", "download_bytes")) for r in run.metrics]
     scale, unit = _byte_unit(max([v for v in up + down if not math.isnan(v)], default=0.0))
     left.plot(rounds, [v / scale for v in up], marker="o", label="upload (clients → server)")
     left.plot(rounds, [v / scale for v in down], marker="s", ls="--", mfc="none", label="download (server → clients)")
@@ -341,7 +395,7 @@ def _plot_comm(run: Run) -> Figure:
     left.set_ylabel(f"{unit} per round")
     top = max([v / scale for v in up + down if not math.isnan(v)], default=0.0)
     left.set_ylim(bottom=0, top=top * 1.35 if top > 0 else 1.0)  # 0 bytes (references): keep a visible axis
-    left.legend(fontsize="small", loc="upper left")
+    _legend(left, fontsize="small", loc="upper left")
     cumulative, total = [], 0.0
     for v in up:
         total += 0.0 if math.isnan(v) else v
@@ -350,7 +404,7 @@ def _plot_comm(run: Run) -> Figure:
     right.plot(rounds, [v / cscale for v in cumulative], marker="o", color="C2")
     right.set_title("Cumulative upload", fontsize="medium")
     right.set_ylabel(f"{cunit} uploaded so far")
-    right.set_ylim(bottom=0)
+    right.set_ylim(0, _top([v / cscale for v in cumulative]))
     for ax in (left, right):
         _round_axis(ax, rounds)
     fig.suptitle("Communication (encoded adapter payloads)")
@@ -359,6 +413,8 @@ def _plot_comm(run: Run) -> Figure:
 
 def _plot_train_rewards(run: Run) -> Figure:
     fig, (ax,) = _figure()
+    if not any(_get(r, "train", "reward") for r in run.metrics):
+        _no_data(ax, "training reward")
     for name in run.objectives:
         points = [
             (r["round"], _get(r, "train", "reward")[name]) for r in run.metrics if name in (_get(r, "train", "reward") or {})
@@ -369,7 +425,7 @@ def _plot_train_rewards(run: Run) -> Figure:
     ax.set_title("Training reward (mean over the round's client rollouts)")
     ax.set_ylabel("mean reward per completion")
     _round_axis(ax, run.rounds)
-    ax.legend(title="objective")
+    _legend(ax, title="objective")
     return fig
 
 
@@ -440,24 +496,19 @@ def _fmt_seconds(s: float | None) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
-def _table_rows(run: Run) -> list[tuple[str, str, str, str]]:
-    """(label, base, final, change) per objective, then KL."""
+def _table_rows(run: Run) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(label, base, final, change) per objective, then KL; None where unknown."""
     base, final = run.base_eval, run.final_eval
-    rows = []
-    for name in run.objectives:
-        b, f = base.get(name), final.get(name)
-        change = f - b if b is not None and f is not None else None
-        rows.append((name, _fmt(b), _fmt(f), _fmt(change, signed=True)))
-    b_kl, f_kl = run.base_kl, run.final_kl
-    kl_change = f_kl - b_kl if b_kl is not None and f_kl is not None else None
-    rows.append(("kl (per token)", _fmt(b_kl), _fmt(f_kl), _fmt(kl_change, signed=True)))
-    return rows
+    pairs = [(name, base.get(name), final.get(name)) for name in run.objectives]
+    pairs.append(("kl (per token)", run.base_kl, run.final_kl))
+    return [(label, b, f, f - b if b is not None and f is not None else None) for label, b, f in pairs]
 
 
 def report_table(run_dir: Path | str) -> str:
     """objective | base | final | change, then KL and bytes sent: what `firm train` prints at the end."""
     run = load_run(run_dir)
-    rows = [("objective", "base", "final", "change"), *_table_rows(run)]
+    rows = [("objective", "base", "final", "change")]
+    rows += [(label, _fmt(b), _fmt(f), _fmt(c, signed=True)) for label, b, f, c in _table_rows(run)]
     w0 = max(len(r[0]) for r in rows)
     w = [max(len(r[i]) for r in rows) for i in (1, 2, 3)]
     lines = [f"{r[0]:<{w0}}  {r[1]:>{w[0]}}  {r[2]:>{w[1]}}  {r[3]:>{w[2]}}" for r in rows]
@@ -531,13 +582,12 @@ def _html(run: Run, pngs: dict[str, bytes]) -> str:
 
     parts.append("<h2>Base vs final</h2>")
     parts.append("<table><tr><th>objective</th><th>base</th><th>final</th><th>change</th></tr>")
-    for label, b, f, change in _table_rows(run):
-        cls = "up" if change.startswith("+") and change.strip("+0.") else "down" if change.startswith("-") else ""
-        if label.startswith("kl"):
-            cls = ""  # for KL, higher is neither good nor bad by itself
+    for i, (label, b, f, change) in enumerate(_table_rows(run)):
+        is_reward = i < len(run.objectives)  # for KL, higher is neither good nor bad by itself
+        cls = "" if not is_reward or change is None or round(change, 4) == 0 else "up" if change > 0 else "down"
         parts.append(
-            f"<tr><td>{_esc(label)}</td><td class=num>{b}</td><td class=num>{f}</td>"
-            f'<td class="num {cls}">{_esc(change)}</td></tr>'
+            f"<tr><td>{_esc(label)}</td><td class=num>{_fmt(b)}</td><td class=num>{_fmt(f)}</td>"
+            f'<td class="num {cls}">{_fmt(change, signed=True)}</td></tr>'
         )
     parts.append("</table>")
     up, down = run.total_bytes

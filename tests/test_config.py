@@ -61,7 +61,10 @@ BAD_INPUT = [
     (["objectives.preference=[-1, 2]"], "objectives.preference: weights must be >= 0"),
     (["objectives.preference=[0, 0]"], "objectives.preference: weights must not all be zero"),
     (['objectives.names=["positiveness", "humour"]'], "objectives.names[1]: unknown objective 'humour'; allowed:"),
-    (["algorithm.name=ppo"], "algorithm.name: unknown algorithm 'ppo'; allowed: centralized, fedavg, firm, fmgda, local, mgda"),
+    (
+        ["algorithm.name=ppo"],
+        "algorithm.name: unknown algorithm 'ppo'; allowed: centralized, fedavg, fedcmoo, firm, fmgda, local, mgda",
+    ),
     (["federation.clients_per_round=5"], "federation.clients_per_round: 5 is more than federation.num_clients = 4"),
     (["algorithm.reg=-1"], "algorithm.reg: must be >= 0"),
     (["algorithm.reg=inf"], "algorithm.reg: expected a finite number, got inf"),

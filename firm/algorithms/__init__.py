@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from firm.algorithms.fedavg import FedAvg
+from firm.algorithms.fedcmoo import FedCmoo
 from firm.algorithms.firm import Firm
 from firm.algorithms.fmgda import Fmgda
 from firm.algorithms.mgda import Mgda
@@ -13,6 +14,7 @@ REGISTRY: dict[str, AlgorithmFactory] = {
     "fedavg": FedAvg.from_config,
     "mgda": Mgda.from_config,
     "fmgda": Fmgda.from_config,
+    "fedcmoo": FedCmoo.from_config,
 }
 
-__all__ = ["REGISTRY", "Aggregator", "Algorithm", "ClientUpdate", "FedAvg", "Firm", "Fmgda", "Mgda"]
+__all__ = ["REGISTRY", "Aggregator", "Algorithm", "ClientUpdate", "FedAvg", "FedCmoo", "Firm", "Fmgda", "Mgda"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -65,6 +65,24 @@ class Algorithm(Protocol):
     def new_aggregator(self) -> Aggregator: ...
 
     def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter: ...
+
+
+@runtime_checkable
+class TwoRoundTrips(Protocol):
+    """An algorithm whose clients first probe and whose server plans before the local steps (FedCMOO).
+
+    The engine calls `client_probe` on every sampled client, adds the decoded payloads to
+    `new_probe_aggregator(d)`, broadcasts `server_plan(probes)` (named tensors), and passes the
+    decoded plan to `client_update(..., plan=plan)`.
+    """
+
+    def client_probe(
+        self, params: dict[str, torch.nn.Parameter], sample_problem: Callable[[int], LocalProblem], client_state: dict[str, Any]
+    ) -> ClientUpdate: ...
+
+    def new_probe_aggregator(self, size: int) -> Aggregator: ...
+
+    def server_plan(self, probes: Any) -> Adapter: ...
 
 
 AlgorithmFactory = Callable[[Config], Algorithm]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firm.algorithms import Algorithm
+from firm.algorithms.protocol import TwoRoundTrips
 from firm.client import problem_sampler, sample_clients
 from firm.codec import Adapter, decode, encode
 from firm.config import Config
@@ -65,19 +66,50 @@ class InProcessEngine:
         client_ids = sample_clients(fed.seed, round_idx, fed.num_clients, fed.clients_per_round)
         with timer.phase("communication"):
             broadcast = encode(global_adapter)
-        aggregator = self.algorithm.new_aggregator()
         upload_bytes = download_bytes = 0
+        plan_payload: bytes | None = None
+        server_stats: dict[str, Any] = {}
+        if isinstance(self.algorithm, TwoRoundTrips):
+            # Two round trips (FedCMOO): every client probes at the global adapter, the server plans
+            # (e.g. objective weights) and broadcasts the plan; the clients keep the adapter they got.
+            probes = self.algorithm.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
+            for client_id in client_ids:
+                with timer.phase("communication"):
+                    self.policy.set_adapter(decode(broadcast))
+                    download_bytes += len(broadcast)
+                sampler = problem_sampler(
+                    self.policy, self.objectives, self.shards[client_id], self.config, round_idx, client_id, timer
+                )
+                probe = self.algorithm.client_probe(self.policy.params, sampler, self.client_states.get(client_id, {}))
+                with timer.phase("communication"):
+                    payloads = [encode(upload) for upload in probe.uploads]
+                    upload_bytes += sum(len(p) for p in payloads)
+                probes.add([decode(p) for p in payloads], float(probe.num_samples))
+            with timer.phase("solve"):
+                plan = self.algorithm.server_plan(probes)
+            server_stats["plan"] = {k: v.tolist() for k, v in plan.items()}
+            with timer.phase("communication"):
+                plan_payload = encode(plan)
+        aggregator = self.algorithm.new_aggregator()
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
         for client_id in client_ids:
             with timer.phase("communication"):
                 received = decode(broadcast)
-                download_bytes += len(broadcast)
+                if plan_payload is None:
+                    download_bytes += len(broadcast)
+                else:  # the adapter already came with the probe; now only the plan travels
+                    plan_received = decode(plan_payload)
+                    download_bytes += len(plan_payload)
             self.policy.set_adapter(received)
             sampler = problem_sampler(
                 self.policy, self.objectives, self.shards[client_id], self.config, round_idx, client_id, timer
             )
-            update = self.algorithm.client_update(self.policy.params, sampler, self.client_states.get(client_id, {}), timer)
+            state = self.client_states.get(client_id, {})
+            if plan_payload is None:
+                update = self.algorithm.client_update(self.policy.params, sampler, state, timer)
+            else:
+                update = self.algorithm.client_update(self.policy.params, sampler, state, timer, plan=plan_received)  # type: ignore[call-arg]
             self.client_states[client_id] = update.client_state
             with timer.phase("communication"):
                 payloads = [encode(upload) for upload in update.uploads]
@@ -92,7 +124,7 @@ class InProcessEngine:
         with timer.phase("aggregation"):
             new_global = self.algorithm.server_update(global_adapter, aggregator)
             drift_updates = aggregator.update_drift()
-            server_stats = dict(getattr(aggregator, "stats", {}))
+            server_stats.update(getattr(aggregator, "stats", {}))
         self.policy.set_adapter(new_global)
         if not self.communicate:
             upload_bytes = download_bytes = 0
