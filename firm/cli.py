@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    compare = sub.add_parser("compare", help="write plots and comparison.html for a sweep directory and print its table")
+    compare.add_argument("sweep_dir", metavar="SWEEP_DIR")
     for name, help_text in (
         ("train", "train one LoRA adapter across simulated clients and write a run directory"),
         ("config", "print the resolved config as TOML (defaults <- file <- overrides)"),
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "compare":
+        return _compare(args.sweep_dir)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -139,6 +143,19 @@ def _report(run_dir: str) -> int:
         return 2
     print(report_table(run_dir))
     print(f"report: {path}")
+    return 0
+
+
+def _compare(sweep_dir: str) -> int:
+    from firm.report import ReportError, comparison_table, write_comparison
+
+    try:
+        path = write_comparison(sweep_dir)
+    except ReportError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    print(comparison_table(sweep_dir))
+    print(f"comparison: {path}")
     return 0
 
 
