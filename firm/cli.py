@@ -41,8 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
     report.add_argument("run_dir", metavar="RUN_DIR")
-    compare = sub.add_parser("compare", help="write plots and comparison.html for a sweep directory and print its table")
-    compare.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    compare = sub.add_parser(
+        "compare",
+        help="run the chosen algorithms on one config (a resumable preference sweep, same seeds) and write comparison.html; "
+        "or, given an existing SWEEP_DIR, just rewrite its comparison",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+    compare.add_argument(
+        "--algorithms", default="firm,fedavg,mgda,fmgda", help="comma-separated (default: firm,fedavg,mgda,fmgda)"
+    )
+    compare.add_argument("--divisions", type=int, default=2, help="preference grid step 1/D (default 2: three points for M = 2)")
+    compare.add_argument(
+        "targets", nargs="*", metavar="SWEEP_DIR | key=value", help="an existing sweep directory, or dotted overrides"
+    )
     for name, help_text in (
         ("train", "train one LoRA adapter across simulated clients and write a run directory"),
         ("config", "print the resolved config as TOML (defaults <- file <- overrides)"),
@@ -61,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "compare" and len(args.targets) == 1 and "=" not in args.targets[0] and args.config is None:
+        return _compare(args.targets[0])
     if args.command == "compare":
-        return _compare(args.sweep_dir)
+        args.overrides = args.targets
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -73,6 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return _sweep(config, args.algorithms, args.divisions)
+    if args.command == "compare":
+        if not config.output.name:  # name the sweep once, so the comparison finds it
+            import dataclasses
+            import time
+
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=f"compare-{stamp}"))
+        status = _sweep(config, args.algorithms, args.divisions)
+        if status != 0:
+            return status
+        from firm.sweep import sweep_dir
+
+        return _compare(str(sweep_dir(config)))
 
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError

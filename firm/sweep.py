@@ -59,6 +59,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def sweep_dir(config: Config) -> Path:
+    """Where a sweep of this config lives (output.dir / output.name, or a timestamped name)."""
+    return Path(config.output.dir) / (config.output.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
 def sweep(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the contents written to sweep.json."""
     from firm.algorithms import REGISTRY as ALGORITHMS
@@ -72,7 +77,7 @@ def sweep(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str
     if not algorithms:
         raise ConfigError("--algorithms: give at least one algorithm")
     out = config.output
-    root = Path(out.dir) / (out.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    root = sweep_dir(config)
     key = _sweep_key(config, algorithms, divisions)
     existing = _read_json(root / "sweep.json")
     if existing is not None and existing.get("key") != key:

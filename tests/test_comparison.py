@@ -169,3 +169,17 @@ def test_compare_cli(sweep_dir: Path, tmp_path: Path) -> None:
         )
         assert proc.returncode == 2 and proc.stderr.startswith("firm: error: ") and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_compare_runs_the_algorithms_then_writes_the_comparison(tmp_path: Path) -> None:
+    args = [
+        sys.executable, "-m", "firm", "compare", "--algorithms", "firm,fmgda", "--divisions", "1",
+        "model.name=tiny", 'objectives.names=["positiveness", "conciseness"]', 'data.sources=["builtin"]',
+        "data.partition=iid", "data.provocative_ratios=[]", "federation.num_clients=2", "federation.clients_per_round=1",
+        "federation.rounds=1", "algorithm.local_steps=1", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+        "rollout.max_new_tokens=4", "eval.num_prompts=2", f'output.dir="{tmp_path.as_posix()}"', "output.name=cmp",
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cmp" / "sweep.json").is_file() and (tmp_path / "cmp" / "comparison.html").is_file()
+    assert "comparison:" in proc.stdout and "fmgda" in proc.stdout
