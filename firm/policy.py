@@ -13,10 +13,7 @@ This is the one module that imports transformers and peft for the policy.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +196,7 @@ def packaged_model_path(name: str) -> Path:
     import importlib.util
 
     from firm.cache import cache_dir
-    from firm.rundir import make_public
+    from firm.rundir import replace_dir_atomic
 
     package, gguf_file = PACKAGED_MODELS[name]
     target = cache_dir() / "models" / f"{name}-{Path(gguf_file).stem.lower()}"
@@ -219,19 +216,12 @@ def packaged_model_path(name: str) -> Path:
     model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        make_public(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    def fill(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return replace_dir_atomic(target, fill)
 
 
 @contextlib.contextmanager

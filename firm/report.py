@@ -36,8 +36,6 @@ import io
 import itertools
 import json
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from firm.pareto import Normalization, hypervolume, hypervolume_report, non_dominated
-from firm.rundir import make_public
+from firm.rundir import write_atomic
 
 DPI = 100
 WIDTH, HEIGHT = 6.4, 3.8  # inches: 640 x 380 px at DPI
@@ -480,18 +478,6 @@ PLOTS = {
 }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        make_public(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _render(run: Run) -> dict[str, bytes]:
     """name -> PNG bytes, one per entry of PLOTS, written to run_dir/plots/<name>.png."""
     out_dir = run.path / "plots"
@@ -499,7 +485,7 @@ def _render(run: Run) -> dict[str, bytes]:
     pngs = {}
     for name, plot in PLOTS.items():
         pngs[name] = _png(plot(run))
-        _write_atomic(out_dir / f"{name}.png", pngs[name])
+        write_atomic(out_dir / f"{name}.png", pngs[name])
     return pngs
 
 
@@ -682,7 +668,7 @@ def write_report(run_dir: Path | str) -> Path:
     run = load_run(run_dir)
     pngs = _render(run)
     path = run.path / "report.html"
-    _write_atomic(path, _html(run, pngs).encode("utf-8"))
+    write_atomic(path, _html(run, pngs).encode("utf-8"))
     return path
 
 
@@ -1321,7 +1307,7 @@ def write_comparison(sweep_dir: Path | str) -> Path:
     pngs = {}
     for name, plot in COMPARISON_PLOTS.items():
         pngs[name] = _png(plot(sweep))
-        _write_atomic(out_dir / f"{name}.png", pngs[name])
+        write_atomic(out_dir / f"{name}.png", pngs[name])
     path = sweep.path / "comparison.html"
-    _write_atomic(path, _comparison_html(sweep, pngs).encode("utf-8"))
+    write_atomic(path, _comparison_html(sweep, pngs).encode("utf-8"))
     return path

@@ -46,15 +46,32 @@ def make_public(path: Path) -> None:
         path.chmod(0o666 & ~mask)
 
 
+def replace_dir_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Build a directory in a temp folder beside `target` with `fill`, then swap it in by rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fill(tmp)
+        make_public(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used (exists and is not empty, not writable...)."""
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file via a temp name + rename (text as UTF-8), so a crash never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         make_public(Path(tmp))
@@ -102,33 +119,15 @@ class RunDir:
 
     def write_checkpoint(self, round_idx: int, save_adapter: Callable[[Path], None], state: dict[str, Any]) -> Path:
         """checkpoints/round_NNNN/ = PEFT adapter + state.json, built in a temp dir then renamed."""
-        root = self.path / "checkpoints"
-        root.mkdir(exist_ok=True)
-        final = root / f"round_{round_idx:04d}"
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".round_{round_idx:04d}."))
-        try:
-            save_adapter(tmp)
-            (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-            make_public(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+
+        def fill(directory: Path) -> None:
+            save_adapter(directory)
+            (directory / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+        return replace_dir_atomic(self.path / "checkpoints" / f"round_{round_idx:04d}", fill)
 
     def write_final_adapter(self, save_adapter: Callable[[Path], None]) -> Path:
-        final = self.path / "final_adapter"
-        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=".final_adapter."))
-        try:
-            save_adapter(tmp)
-            make_public(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        return replace_dir_atomic(self.path / "final_adapter", save_adapter)
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
         """A whole JSONL file (e.g. samples.jsonl), written atomically."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from firm import __version__
+from firm.aggregation import weights_drift
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.codec import Adapter, encode
 from firm.config import REFERENCES, Config, LoraConfig, ModelConfig, validate
@@ -137,7 +138,7 @@ def run(
                 "kl": kl,
                 "train": {"reward": _mean_train_rewards(outcome.steps, names)},
                 "weights": {str(c): w for c, w in outcome.weights.items()},
-                "drift": {"weights": _weights_drift(weight_rows), "updates": outcome.drift_updates},
+                "drift": {"weights": weights_drift(weight_rows) if weight_rows else 0.0, "updates": outcome.drift_updates},
                 "server": outcome.server,
                 "comm": {"upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes},
                 "time_s": times,
@@ -208,12 +209,6 @@ def _write_report(path: Path) -> Path | None:
 
 def _save(policy: Policy, adapter: Adapter, directory: Path) -> None:
     policy.save_adapter(adapter, directory)
-
-
-def _weights_drift(rows: list[list[float]]) -> float:
-    from firm.aggregation import weights_drift
-
-    return weights_drift(rows) if rows else 0.0
 
 
 def _progress(config: Config) -> Any:
