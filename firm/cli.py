@@ -39,6 +39,35 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides; output.name names the sweep (rerun it to resume)"
     )
+    flower = sub.add_parser(
+        "flower",
+        help="a SuperLink and SuperNodes on this machine (up / down), or a SuperNode's warm ClientApp worker",
+        description="Try the Flower engine on one machine: `firm flower up --nodes 2`, then `firm train engine=flower ...`, "
+        "then `firm flower down`. See docs/deployment.md for real multi-machine runs.",
+    )
+    fsub = flower.add_subparsers(dest="flower_command", required=True)
+    fup = fsub.add_parser("up", help="start a SuperLink and N SuperNodes (client ids 0..N-1) on loopback")
+    fup.add_argument("--nodes", type=int, default=2, help="number of SuperNodes (default 2)")
+    fup.add_argument("--superlink", default="127.0.0.1:8000", help="host:port of the SuperLink (default 127.0.0.1:8000)")
+    fup.add_argument(
+        "--tls", metavar="CERT_DIR", help="serve HTTPS and require SuperNode auth, with the files of scripts/make_test_certs.py"
+    )
+    fup.add_argument(
+        "--prompt-file", action="append", default=[], metavar="JSONL", help="node i's own prompts (repeat per node, in order)"
+    )
+    fup.add_argument(
+        "--per-message",
+        action="store_true",
+        help="Flower's own executor (a new ClientApp process per message) instead of the warm worker",
+    )
+    fdown = fsub.add_parser("down", help="stop exactly the processes `firm flower up` started")
+    for p in (fup, fdown):
+        p.add_argument("--dir", default=".firm-flower", help="state directory with pids and logs (default .firm-flower)")
+    fworker = fsub.add_parser(
+        "worker", help="serve a SuperNode's ClientApp tasks from one long-lived process (--isolation process)"
+    )
+    fworker.add_argument("--runtime-api-address", default="127.0.0.1:9094", help="the SuperNode's Runtime API (its --port)")
+    fworker.add_argument("--root-certificates", default=None, help="CA of the Runtime API's TLS certificate")
     report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
     report.add_argument("run_dir", metavar="RUN_DIR")
     compare = sub.add_parser(
@@ -74,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "flower":
+        return _flower(args)
     if args.command == "compare" and len(args.targets) == 1 and "=" not in args.targets[0] and args.config is None:
         return _compare(args.targets[0])
     if args.command == "compare":
@@ -108,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from firm.rundir import RunDirError
     from firm.train import run
 
+    if config.engine.name == "flower":
+        return _train_flower(config)
     try:
         result = run(config)
     except (PromptFileError, RunDirError, PolicyError) as err:
@@ -132,6 +165,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.report is not None:
         print(f"report: {result.report}")
     return 0
+
+
+def _train_flower(config: Config) -> int:
+    from firm.engines.flower.submit import FlowerRunError, submit
+    from firm.report import report_table
+
+    try:
+        run_dir = submit(config)
+    except FlowerRunError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("firm: stopped streaming; the run goes on on the SuperLink (`flwr stop` ends it)", file=sys.stderr)
+        return 130
+    print(report_table(run_dir))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from firm.engines.flower import local
+
+    if args.flower_command == "worker":
+        from firm.engines.flower.worker import main as worker_main
+
+        argv = ["--runtime-api-address", args.runtime_api_address]
+        if args.root_certificates:
+            argv += ["--root-certificates", args.root_certificates]
+        return worker_main(argv)
+    try:
+        if args.flower_command == "up":
+            if args.nodes < 1:
+                print("firm: error: --nodes: must be >= 1", file=sys.stderr)
+                return 2
+            cluster = local.up(
+                args.dir, args.nodes, args.superlink, warm=not args.per_message, tls=args.tls, prompt_files=args.prompt_file
+            )
+            for p in cluster.processes:
+                print(f"{p.role:<12s} pid {p.pid:<8d} log {p.log}")
+            tls = f" engine.root_certificates={cluster.root_certificates}" if cluster.root_certificates else ""
+            print(
+                f"SuperLink at {cluster.superlink}; now run: firm train engine=flower engine.superlink={cluster.superlink}"
+                f" federation.num_clients={args.nodes}{tls}"
+            )
+            return 0
+        stopped = local.down(args.dir)
+        print(f"stopped {len(stopped)} processes: " + ", ".join(f"{p.role} ({p.pid})" for p in stopped))
+        return 0
+    except local.ClusterError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 1
 
 
 def _sweep(config: Config, algorithms: str, divisions: int) -> int:

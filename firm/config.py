@@ -126,6 +126,8 @@ class FederationConfig:
     """Communication rounds."""
     seed: int = 0
     """The one seed all randomness derives from."""
+    min_clients: int = 0
+    """Fewest sampled clients that must return an update for a round to count; 0 = all of them. A round with fewer stops the run with an error (the last checkpoint is kept)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    name: Literal["inprocess", "flower"] = "inprocess"
+    """Where clients run: `inprocess` (one after another in this process) or `flower` (a run submitted to a Flower SuperLink; `engine=flower` is short for `engine.name=flower`)."""
+    superlink: str = "127.0.0.1:8000"
+    """host:port of the Flower SuperLink (its one HTTP(S) API for SuperNodes, ServerApps and `flwr run`)."""
+    root_certificates: str = ""
+    """PEM file of the CA that signed the SuperLink's TLS certificate; empty = connect without TLS (loopback only)."""
+    round_timeout: float = 600.0
+    """Seconds the server waits for a round's replies; a client that has not replied by then is dropped from the round."""
+    flwr_home: str = ""
+    """Flower home directory used to submit the run (`flwr run` connection file); empty = a fresh temporary one."""
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -177,6 +193,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
     def num_objectives(self) -> int:
@@ -240,6 +257,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             )
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
+            if isinstance(value, str) and "name" in {f.name for f in dataclasses.fields(tp)}:
+                value = {"name": value}  # `engine=flower` is short for `engine.name=flower`
             if not isinstance(value, Mapping):
                 raise ConfigError(
                     f"{dotted}: expected a table of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {value!r}"
@@ -348,7 +367,18 @@ def validate(config: Config) -> None:
         "algorithm.beta_kl": config.algorithm.beta_kl,
         "algorithm.clip_eps": config.algorithm.clip_eps,
         "federation.seed": fed.seed,
+        "federation.min_clients": fed.min_clients,
     }
+    if fed.min_clients > fed.clients_per_round:
+        raise ConfigError(
+            f"federation.min_clients: {fed.min_clients} is more than federation.clients_per_round = {fed.clients_per_round}"
+        )
+    if not config.engine.round_timeout > 0:
+        raise ConfigError(f"engine.round_timeout: must be > 0 seconds, got {config.engine.round_timeout}")
+    if config.engine.name == "flower":
+        _validate_address("engine.superlink", config.engine.superlink)
+        if config.engine.root_certificates and not Path(config.engine.root_certificates).is_file():
+            raise ConfigError(f"engine.root_certificates: file not found: {config.engine.root_certificates}")
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
@@ -368,6 +398,12 @@ def validate(config: Config) -> None:
             except KeyError as err:
                 raise ConfigError(f"objectives.names[{i}]: {err.args[0]}") from None
     _validate_data(config)
+
+
+def _validate_address(key: str, address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected host:port, e.g. 127.0.0.1:8000, got {address!r}")
 
 
 def _validate_device(spec: str) -> None:
@@ -464,6 +500,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
+            if isinstance(child, str) and node is data:  # `engine=flower` then `engine.superlink=...`
+                child = node[part] = {"name": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
             node = child

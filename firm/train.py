@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from firm import __version__
 from firm.aggregation import weights_drift
 from firm.algorithms import REGISTRY as ALGORITHMS
+from firm.algorithms import Algorithm
 from firm.codec import Adapter, encode
 from firm.config import REFERENCES, Config, LoraConfig, ModelConfig, validate
 from firm.data import FederatedPrompts, Prompt, federated_prompts
-from firm.engines.inprocess import InProcessEngine
+from firm.engines.inprocess import InProcessEngine, RoundOutcome
 from firm.evaluation import base_vs_final_samples, evaluate
-from firm.objectives import resolve_objective
+from firm.objectives import Objective, resolve_objective
 from firm.policy import Policy, build_policy
 from firm.rundir import RunDir
 
@@ -66,12 +67,36 @@ def _policy(config: Config, reuse_model: bool) -> Policy:
     return policy
 
 
+class Engine(Protocol):
+    """What the run loop needs of an engine (firm.engines.inprocess, firm.engines.flower)."""
+
+    client_states: dict[int, dict[str, Any]]
+
+    def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome: ...
+
+
+EngineFactory = Callable[[Policy, Algorithm, Sequence[tuple[str, Objective]], FederatedPrompts, Config, bool], Engine]
+"""(policy, algorithm, objectives, prompts, config, communicate) -> engine; the in-process engine by default."""
+
+
+def _inprocess(
+    policy: Policy,
+    algorithm: Algorithm,
+    objectives: Sequence[tuple[str, Objective]],
+    prompts: FederatedPrompts,
+    config: Config,
+    communicate: bool,
+) -> Engine:
+    return InProcessEngine(policy, algorithm, objectives, prompts.clients, config, communicate)
+
+
 def run(
     config: Config,
     *,
     reuse_model: bool = False,
     prompts: FederatedPrompts | None = None,
     communicate: bool = True,
+    engine: EngineFactory | None = None,
 ) -> RunResult:
     """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs.
 
@@ -79,6 +104,8 @@ def run(
     later run with the same model, LoRA and seed starts from the identical fresh adapter, so its
     results equal those of a run in a new process. `prompts` replaces the config's partition and
     `communicate=False` counts no bytes: both are for the non-federated references (firm.references).
+    `engine` builds the engine that runs the clients' side of each round (the Flower ServerApp
+    passes one that sends the round to SuperNodes); everything else in the run is the same.
     """
     if config.algorithm.name in REFERENCES:
         from firm import references
@@ -93,7 +120,7 @@ def run(
         prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
     policy = _policy(config, reuse_model)
     algorithm = ALGORITHMS[config.algorithm.name](config)
-    engine = InProcessEngine(policy, algorithm, objectives, prompts.clients, config, communicate)
+    rounds = (engine or _inprocess)(policy, algorithm, objectives, prompts, config, communicate)
     run_dir = RunDir(config, __version__)
 
     def run_eval() -> tuple[dict[str, float], float]:
@@ -120,7 +147,7 @@ def run(
         for round_idx in range(1, fed.rounds + 1):
             progress.set_description(f"round {round_idx}/{fed.rounds}")
             round_start = time.perf_counter()
-            outcome = engine.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
+            outcome = rounds.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
             global_adapter = outcome.global_adapter
             eval_rewards: dict[str, float] | None = None
             kl: float | None = None
@@ -140,6 +167,7 @@ def run(
                 "weights": {str(c): w for c, w in outcome.weights.items()},
                 "drift": {"weights": weights_drift(weight_rows) if weight_rows else 0.0, "updates": outcome.drift_updates},
                 "server": outcome.server,
+                "dropped": {str(c): why for c, why in outcome.dropped.items()},
                 "comm": {"upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes},
                 "time_s": times,
                 "local": {str(c): s for c, s in outcome.steps.items()},
@@ -151,7 +179,7 @@ def run(
                     "round": round_idx,
                     "algorithm": algorithm.name,
                     "seed": fed.seed,
-                    "client_states": {str(k): v for k, v in engine.client_states.items()},
+                    "client_states": {str(k): v for k, v in rounds.client_states.items()},
                 }
                 run_dir.write_checkpoint(round_idx, partial(_save, policy, global_adapter), state)
             if eval_rewards is not None:

@@ -36,6 +36,7 @@ class RoundOutcome:
     upload_bytes: int
     download_bytes: int
     times: dict[str, float] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)  # sampled client -> why it has no update this round
 
 
 class InProcessEngine:

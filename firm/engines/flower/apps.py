@@ -1,0 +1,183 @@
+"""FIRM's Flower ServerApp and ClientApp (Flower 1.41 Message API).
+
+ServerApp (`server_app`, runs next to the SuperLink): reads the FIRM config from the run-config
+and runs `firm.train.run` with the `FlowerEngine`, so the run directory, metrics, checkpoints
+and report are the in-process engine's.
+
+ClientApp (`client_app`, runs on each SuperNode):
+- `query`: replies with the client id this SuperNode holds (node config `client-id`);
+- `train`: sets the received global adapter (or keeps it, for the second trip of a
+  two-round-trip algorithm), runs the algorithm's local update on this node's prompts and
+  replies with the upload payload(s), the sample count, the mean objective weights, the
+  per-step log and the phase times. Per-client algorithm state lives in `context.state`.
+
+A node's prompts are the built-in partition's shard `client-id` (computed from the run's data
+config and seed, exactly as in process), or, with node config `prompt-file=/path.jsonl`, the
+site's own file. Either way they never leave the node.
+
+The model, scorers and prompts are built once per process and reused while the run's config
+(model, LoRA, objectives, data) is unchanged; the `firm flower worker` keeps one process alive
+for all of a node's rounds (Flower's own executor starts a fresh process per message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from firm.algorithms import REGISTRY as ALGORITHMS
+from firm.algorithms import Algorithm
+from firm.algorithms.protocol import TwoRoundTrips
+from firm.client import problem_sampler
+from firm.config import Config
+from firm.data import Prompt, federated_prompts, load_jsonl
+from firm.engines.flower.engine import FlowerEngine
+from firm.engines.flower.records import (
+    adapter_to_record,
+    put_json,
+    record_to_adapter,
+    records_to_state,
+    run_config_to_config,
+    state_to_records,
+)
+from firm.local_step import Timer
+from firm.objectives import Objective, resolve_objective
+from firm.policy import Policy, build_policy
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+STATE = "firm.client_state"
+"""Prefix of this node's algorithm state in `context.state`."""
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Run the configured algorithm with the SuperNodes as clients (firm.train.run + FlowerEngine)."""
+    from firm.train import run
+
+    config = run_config_to_config(context.run_config)
+    # A progress bar cannot redraw through Flower's log stream; the engine prints a line per round instead.
+    config = dataclasses.replace(config, output=dataclasses.replace(config.output, progress=False))
+    result = run(config, engine=partial(FlowerEngine, grid))
+    final = result.summary.get("final_eval") or {}
+    print("firm: done; final eval " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    print(f"firm: run directory {result.run_dir}", flush=True)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclasses.dataclass
+class _Runtime:
+    """What a node builds once per process for a run config: model, scorers, prompts, algorithm."""
+
+    key: tuple[Any, ...]
+    policy: Policy
+    objectives: list[tuple[str, Objective]]
+    shard: Sequence[Prompt]
+    algorithm: Algorithm
+
+
+_RUNTIME: _Runtime | None = None
+
+
+def _node_client_id(context: Context) -> int:
+    value = context.node_config.get("client-id")
+    if value is None:
+        raise ValueError("this SuperNode has no node config `client-id`; start it with --node-config 'client-id=<0..N-1>'")
+    return int(value)
+
+
+def runtime(config: Config, context: Context) -> _Runtime:
+    """This process's model, scorers, prompts and algorithm for `config`, built on first use."""
+    global _RUNTIME
+    client_id = _node_client_id(context)
+    prompt_file = str(context.node_config.get("prompt-file", ""))
+    key = (
+        config.model,
+        config.lora,
+        config.objectives.names,
+        config.data,
+        config.federation,
+        config.eval,
+        client_id,
+        prompt_file,
+    )
+    if _RUNTIME is not None and _RUNTIME.key[:2] == key[:2]:
+        policy = _RUNTIME.policy  # same base model and LoRA shape: keep it, the adapter is set per message
+    else:
+        policy = build_policy(config.model, config.lora, config.federation.seed)
+    if _RUNTIME is not None and _RUNTIME.key == key:
+        shard = _RUNTIME.shard
+        objectives = _RUNTIME.objectives
+    else:
+        objectives = [(name, resolve_objective(name)) for name in config.objectives.names]
+        if prompt_file:
+            shard = load_jsonl(Path(prompt_file))
+        else:
+            fed = config.federation
+            shard = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed).clients[client_id]
+    _RUNTIME = _Runtime(key, policy, objectives, shard, ALGORITHMS[config.algorithm.name](config))
+    return _RUNTIME
+
+
+@client_app.query()
+def client_query(msg: Message, context: Context) -> Message:
+    """Say which client id this SuperNode holds."""
+    content = RecordDict()
+    put_json(content, "firm.client", {"client_id": _node_client_id(context)})
+    return Message(content, reply_to=msg)
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    """One client's side of a round (or of its probe trip): local update on this node's prompts."""
+    config = run_config_to_config(context.run_config)
+    rt = runtime(config, context)
+    meta = msg.content.config_records["firm.round"]
+    round_idx, client_id, stage = int(str(meta["round"])), int(str(meta["client_id"])), str(meta["stage"])
+    if client_id != _node_client_id(context):
+        raise ValueError(f"message for client {client_id} reached the SuperNode holding client {_node_client_id(context)}")
+    timer = Timer(rt.policy.device)
+    if "adapter" in msg.content:
+        with timer.phase("communication"):
+            rt.policy.set_adapter(record_to_adapter(msg.content.array_records["adapter"]))
+    elif STATE + ".adapter" in context.state:  # second trip: the adapter came with the probe
+        rt.policy.set_adapter(record_to_adapter(context.state.array_records[STATE + ".adapter"]))
+    sampler = problem_sampler(rt.policy, rt.objectives, rt.shard, config, round_idx, client_id, timer)
+    state = records_to_state(context.state, STATE)
+    if stage == "probe":
+        assert isinstance(rt.algorithm, TwoRoundTrips)
+        context.state[STATE + ".adapter"] = msg.content.array_records["adapter"]
+        update = rt.algorithm.client_probe(rt.policy.params, sampler, state)
+    elif "plan" in msg.content:
+        plan = record_to_adapter(msg.content.array_records["plan"])
+        update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer, plan=plan)  # type: ignore[call-arg]
+    else:
+        update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer)
+    if stage != "probe":
+        state_to_records(update.client_state, context.state, STATE)
+    content = RecordDict()
+    for i, upload in enumerate(update.uploads):
+        content[f"upload.{i}"] = adapter_to_record(upload)
+    times = dict(timer.totals)
+    put_json(
+        content,
+        "firm.update",
+        {
+            "uploads": len(update.uploads),
+            "num_samples": update.num_samples,
+            "mean_weights": list(update.mean_weights),
+            "steps": update.steps,
+            "times": times,
+        },
+    )
+    return Message(content, reply_to=msg)

@@ -1,0 +1,218 @@
+"""The server's side of a round on Flower: the same algorithm objects, with SuperNodes as clients.
+
+Inside the ServerApp, `firm.train.run` drives the run exactly as in process (evaluation,
+metrics, checkpoints, report); only `run_round` differs: the round's sampled clients are the
+SuperNodes whose node config holds those client ids, the global adapter goes out in a `train`
+Message, and each reply's update is validated, decoded and added to the algorithm's aggregator
+in client-id order (the in-process order, so the same seed gives the same adapter).
+
+A sampled client whose node is missing, errs, or does not reply within `engine.round_timeout`
+is dropped from the round and recorded in the row's `dropped`; the round aggregates the rest
+(weights re-normalised by the running mean) unless fewer than `federation.min_clients` replied.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from firm.algorithms import Algorithm
+from firm.algorithms.protocol import TwoRoundTrips
+from firm.client import sample_clients
+from firm.codec import Adapter
+from firm.config import Config
+from firm.data import FederatedPrompts
+from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter
+from firm.engines.inprocess import RoundOutcome
+from firm.local_step import Timer
+from firm.objectives import Objective
+from firm.policy import Policy
+
+
+class RoundFailed(RuntimeError):
+    """Fewer clients returned an update than `federation.min_clients` demands."""
+
+
+class FlowerEngine:
+    """`run_round` over a Flower Grid; see the module docstring."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        policy: Policy,
+        algorithm: Algorithm,
+        objectives: Sequence[tuple[str, Objective]],
+        prompts: FederatedPrompts,
+        config: Config,
+        communicate: bool = True,
+    ) -> None:
+        del objectives, prompts, communicate  # the clients hold their own; bytes are always counted here
+        self.grid = grid
+        self.policy = policy
+        self.algorithm = algorithm
+        self.config = config
+        self.client_states: dict[int, dict[str, Any]] = {}  # kept on the SuperNodes (context.state), not here
+        self.nodes = self._discover_nodes()
+
+    # ----------------------------------------------------------------- node discovery
+
+    def _discover_nodes(self) -> dict[int, int]:
+        """client id -> node id, asking every connected SuperNode; waits up to round_timeout for all N."""
+        n = self.config.federation.num_clients
+        deadline = time.monotonic() + self.config.engine.round_timeout
+        found: dict[int, int] = {}
+        asked: set[int] = set()
+        while True:
+            new = [node for node in self.grid.get_node_ids() if node not in asked]
+            if new:
+                asked.update(new)
+                queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in new]
+                for reply in self.grid.send_and_receive(queries, timeout=max(1.0, deadline - time.monotonic())):
+                    if reply.has_error():
+                        _say(f"node {reply.metadata.src_node_id} could not say its client id: {reply.error.reason}")
+                        continue
+                    client_id = int(get_json(reply.content, "firm.client")["client_id"])
+                    if client_id in found and found[client_id] != reply.metadata.src_node_id:
+                        raise RoundFailed(
+                            f"two SuperNodes ({found[client_id]} and {reply.metadata.src_node_id}) both hold client id {client_id}"
+                        )
+                    if not 0 <= client_id < n:
+                        _say(f"node {reply.metadata.src_node_id} holds client id {client_id}, outside 0..{n - 1}: ignored")
+                        continue
+                    found[client_id] = reply.metadata.src_node_id
+            if len(found) == n or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        missing = sorted(set(range(n)) - set(found))
+        _say(f"{len(found)} of {n} clients connected" + (f"; missing client ids {missing}" if missing else ""))
+        return found
+
+    # ----------------------------------------------------------------- one round
+
+    def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
+        fed = self.config.federation
+        timer = Timer(self.policy.device)
+        client_ids = sample_clients(fed.seed, round_idx, fed.num_clients, fed.clients_per_round)
+        dropped: dict[int, str] = {c: "no SuperNode holds this client id" for c in client_ids if c not in self.nodes}
+        upload_bytes = download_bytes = 0
+        server_stats: dict[str, Any] = {}
+        with timer.phase("communication"):
+            adapter_record = adapter_to_record(global_adapter)
+        adapter_size = payload_bytes(adapter_record)
+        plan_record = None
+        if isinstance(self.algorithm, TwoRoundTrips):
+            probes = self.algorithm.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
+            live = [c for c in client_ids if c not in dropped]
+            replies = self._exchange(round_idx, "probe", live, {"adapter": adapter_record}, timer, dropped)
+            download_bytes += adapter_size * len(live)
+            for _client_id, reply in replies:
+                uploads, up_bytes = _uploads(reply.content)
+                upload_bytes += up_bytes
+                probes.add(uploads, float(get_json(reply.content, "firm.update")["num_samples"]))
+            self._check_enough(round_idx, "probe", client_ids, dropped)
+            with timer.phase("solve"):
+                plan = self.algorithm.server_plan(probes)
+            server_stats["plan"] = {k: v.tolist() for k, v in plan.items()}
+            plan_record = adapter_to_record(plan)
+        live = [c for c in client_ids if c not in dropped]
+        content = {"adapter": adapter_record} if plan_record is None else {"plan": plan_record}
+        sent_size = adapter_size if plan_record is None else payload_bytes(plan_record)
+        replies = self._exchange(round_idx, "train", live, content, timer, dropped)
+        download_bytes += sent_size * len(live)
+        aggregator = self.algorithm.new_aggregator()
+        weights: dict[int, list[float]] = {}
+        steps: dict[int, list[dict[str, Any]]] = {}
+        for client_id, reply in replies:
+            with timer.phase("communication"):
+                uploads, up_bytes = _uploads(reply.content)
+            upload_bytes += up_bytes
+            update = get_json(reply.content, "firm.update")
+            with timer.phase("aggregation"):
+                aggregator.add(uploads, float(update["num_samples"]))
+            weights[client_id] = update["mean_weights"]
+            steps[client_id] = update["steps"]
+            for phase, seconds in update["times"].items():
+                timer.totals[phase] = timer.totals.get(phase, 0.0) + seconds
+            if on_client_done is not None:
+                on_client_done(client_id)
+        self._check_enough(round_idx, "train", client_ids, dropped)
+        with timer.phase("aggregation"):
+            new_global = self.algorithm.server_update(global_adapter, aggregator)
+            drift_updates = aggregator.update_drift()
+            server_stats.update(getattr(aggregator, "stats", {}))
+        self.policy.set_adapter(new_global)
+        for client_id, why in dropped.items():
+            _say(f"round {round_idx}: client {client_id} dropped: {why}")
+        return RoundOutcome(
+            global_adapter=new_global,
+            client_ids=client_ids,
+            weights=weights,
+            steps=steps,
+            drift_updates=drift_updates,
+            server=server_stats,
+            upload_bytes=upload_bytes,
+            download_bytes=download_bytes,
+            times=dict(timer.totals),
+            dropped=dropped,
+        )
+
+    def _exchange(
+        self,
+        round_idx: int,
+        stage: str,
+        client_ids: list[int],
+        content: dict[str, Any],
+        timer: Timer,
+        dropped: dict[int, str],
+    ) -> list[tuple[int, Message]]:
+        """Send one `train` message per client and collect the good replies in client-id order."""
+        messages: list[Message] = []
+        for client_id in client_ids:
+            records = RecordDict(dict(content))
+            records["firm.round"] = ConfigRecord({"round": round_idx, "client_id": client_id, "stage": stage})
+            messages.append(
+                Message(records, dst_node_id=self.nodes[client_id], message_type=MessageType.TRAIN, group_id=str(round_idx))
+            )
+        by_node = {self.nodes[c]: c for c in client_ids}
+        start = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=self.config.engine.round_timeout))
+        timer.totals["exchange"] = timer.totals.get("exchange", 0.0) + time.perf_counter() - start
+        good: dict[int, Message] = {}
+        for reply in replies:
+            sender = by_node.get(reply.metadata.src_node_id)
+            if sender is None:
+                continue
+            if reply.has_error():
+                dropped[sender] = f"error from its SuperNode: {reply.error.reason}"
+            else:
+                good[sender] = reply
+        for client_id in client_ids:
+            if client_id not in good and client_id not in dropped:
+                dropped[client_id] = f"no reply within engine.round_timeout = {self.config.engine.round_timeout:g} s"
+        return sorted(good.items())
+
+    def _check_enough(self, round_idx: int, stage: str, client_ids: list[int], dropped: dict[int, str]) -> None:
+        need = self.config.federation.min_clients or len(client_ids)
+        got = len(client_ids) - len(dropped)
+        if got < need:
+            reasons = "; ".join(f"client {c}: {why}" for c, why in sorted(dropped.items()))
+            raise RoundFailed(
+                f"round {round_idx} ({stage}): {got} of {len(client_ids)} sampled clients returned an update, "
+                f"federation.min_clients needs {need} ({reasons})"
+            )
+
+
+def _uploads(content: RecordDict) -> tuple[list[Adapter], int]:
+    """The decoded upload payloads of a reply, and their bytes on the wire."""
+    count = int(get_json(content, "firm.update")["uploads"])
+    records = [content.array_records[f"upload.{i}"] for i in range(count)]
+    return [record_to_adapter(r) for r in records], sum(payload_bytes(r) for r in records)
+
+
+def _say(text: str) -> None:
+    print(f"firm: {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,267 @@
+"""`firm flower up / down`: a SuperLink and N SuperNodes on loopback, to try the Flower engine on one machine.
+
+`up` starts, each in its own process group, with its own FLWR_HOME and log file under the
+state directory:
+- `flower-superlink` on `engine.superlink` (one HTTP(S) port for SuperNodes, ServerApps and `flwr run`);
+- N `flower-supernode`s with node config `client-id=i` (and `prompt-file=...` if given), each
+  with `--isolation process` and a `firm flower worker` beside it (the warm ClientApp process
+  that keeps the model loaded), or with Flower's own per-message executor (`warm=False`).
+It records every pid in `<state>/processes.json`; `down` stops exactly those processes (and
+their process groups: the ServerApp and ClientApp processes Flower started), SIGTERM then SIGKILL.
+With `tls=DIR` (from scripts/make_test_certs.py) the SuperLink serves HTTPS with DIR's server
+certificate and requires SuperNode authentication; each node signs with its own key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PROCESSES = "processes.json"
+
+
+class ClusterError(RuntimeError):
+    """The local SuperLink or SuperNodes could not be started or found."""
+
+
+@dataclass
+class Process:
+    role: str
+    pid: int
+    cmd: list[str]
+    log: str
+
+
+@dataclass
+class Cluster:
+    """What `up` started: where the SuperLink listens and which processes to stop."""
+
+    state_dir: Path
+    superlink: str
+    processes: list[Process] = field(default_factory=list)
+    root_certificates: str = ""
+
+    def pid(self, role: str) -> int:
+        return next(p.pid for p in self.processes if p.role == role)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (flower-superlink, flwr, ...), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def _env(flwr_home: Path) -> dict[str, str]:
+    # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: this environment's first.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", PATH=path)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return env
+
+
+def _start(cluster: Cluster, role: str, cmd: list[str], home: Path) -> Process:
+    home.mkdir(parents=True, exist_ok=True)
+    log = cluster.state_dir / f"{role}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(home), start_new_session=True)
+    entry = Process(role, proc.pid, cmd, str(log))
+    cluster.processes.append(entry)
+    _save(cluster)
+    return entry
+
+
+def _save(cluster: Cluster) -> None:
+    data = {
+        "superlink": cluster.superlink,
+        "root_certificates": cluster.root_certificates,
+        "processes": [asdict(p) for p in cluster.processes],
+    }
+    tmp = cluster.state_dir / (PROCESSES + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(cluster.state_dir / PROCESSES)
+
+
+def wait_for_port(address: str, timeout: float, watch: Process | None = None) -> None:
+    """Block until `host:port` accepts TCP connections (or `watch` exits, or the timeout passes)."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if watch is not None and not _alive(watch.pid):
+            raise ClusterError(f"{watch.role} exited during start-up; see {watch.log}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise ClusterError(
+        f"nothing listens on {address} after {timeout:g} s; see the logs in {Path(watch.log).parent if watch else '.'}"
+    )
+
+
+def up(
+    state_dir: str | Path,
+    nodes: int,
+    superlink: str = "127.0.0.1:8000",
+    *,
+    warm: bool = True,
+    tls: str | Path | None = None,
+    prompt_files: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> Cluster:
+    """Start a SuperLink and `nodes` SuperNodes (client ids 0..nodes-1) on this machine; see the module docstring."""
+    state = Path(state_dir).absolute()
+    if (state / PROCESSES).exists() and any(_alive(p.pid) for p in load(state).processes):
+        raise ClusterError(f"{state} already has running processes; run `firm flower down --dir {state}` first")
+    state.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(state, superlink)
+    host, _, port = superlink.rpartition(":")
+    link_cmd = [_bin("flower-superlink"), "--host", host, "--port", port, "--disable-runtime-dependency-installation"]
+    node_tls: list[str] = ["--insecure"]
+    if tls is not None:
+        certs = Path(tls).absolute()
+        cluster.root_certificates = str(certs / "ca.crt")
+        link_cmd += [
+            "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.pem"),
+            "--ssl-keyfile", str(certs / "server.key"),
+            "--enable-supernode-auth",
+        ]  # fmt: skip
+        node_tls = ["--root-certificates", cluster.root_certificates]
+    else:
+        link_cmd.append("--insecure")
+    try:
+        link = _start(cluster, "superlink", link_cmd, state / "superlink")
+        wait_for_port(superlink, timeout, link)
+        if tls is not None:
+            register_nodes(cluster, [Path(tls).absolute() / f"supernode-{i}.pub" for i in range(nodes)])
+        for i in range(nodes):
+            runtime_port = free_port()
+            node_config = f"client-id={i}"
+            if i < len(prompt_files) and prompt_files[i]:
+                node_config += f' prompt-file="{Path(prompt_files[i]).absolute()}"'
+            node_cmd = [
+                _bin("flower-supernode"), *node_tls, "--superlink", superlink,
+                "--port", str(runtime_port), "--node-config", node_config,
+            ]  # fmt: skip
+            if tls is not None:
+                node_cmd += ["--auth-supernode-private-key", str(Path(tls).absolute() / f"supernode-{i}.key")]
+            if warm:
+                node_cmd += ["--isolation", "process"]
+            node = _start(cluster, f"supernode-{i}", node_cmd, state / f"node-{i}")
+            if warm:
+                wait_for_port(f"127.0.0.1:{runtime_port}", timeout, node)
+                worker_cmd = [
+                    sys.executable,
+                    "-m",
+                    "firm.engines.flower.worker",
+                    "--runtime-api-address",
+                    f"127.0.0.1:{runtime_port}",
+                ]
+                _start(cluster, f"worker-{i}", worker_cmd, state / f"node-{i}")
+    except BaseException:
+        down(state)
+        raise
+    return cluster
+
+
+def register_nodes(cluster: Cluster, public_keys: Sequence[Path]) -> None:
+    """Register SuperNode public keys with the SuperLink (needed when it requires node authentication)."""
+    from firm.engines.flower.submit import flwr_home_for
+
+    with flwr_home_for(cluster.superlink, cluster.root_certificates, None) as home:
+        for key in public_keys:
+            result = subprocess.run(
+                [_bin("flwr"), "supernode", "register", str(key), "firm"],
+                env=_env(home), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise ClusterError(f"could not register {key}: {(result.stdout + result.stderr).strip()[-400:]}")
+
+
+def load(state_dir: str | Path) -> Cluster:
+    """The cluster recorded in `state_dir` by `up`."""
+    state = Path(state_dir).absolute()
+    try:
+        data = json.loads((state / PROCESSES).read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"no local Flower cluster recorded in {state} (run `firm flower up` first)") from None
+    return Cluster(state, data["superlink"], [Process(**p) for p in data["processes"]], data.get("root_certificates", ""))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def _is_ours(p: Process) -> bool:
+    """The pid still runs the command we started (pids are reused)."""
+    try:
+        cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _alive(p.pid)  # no /proc (macOS): trust the pid
+    return any(Path(p.cmd[0]).name.encode() in part or part == p.cmd[-1].encode() for part in cmdline)
+
+
+def stop(p: Process, grace: float = 5.0) -> None:
+    """SIGTERM the process group `up` started for `p`, then SIGKILL whatever is left after `grace` seconds."""
+    if not _alive(p.pid) or not _is_ours(p):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(p.pid, os.WNOHANG) != (0, 0):
+                    return
+            except ChildProcessError:  # not our child (started by another `firm flower up`)
+                if not _alive(p.pid):
+                    return
+            time.sleep(0.1)
+
+
+def down(state_dir: str | Path) -> list[Process]:
+    """Stop every process `up` recorded in `state_dir` (nodes first); returns what was stopped."""
+    cluster = load(state_dir)
+    order = sorted(cluster.processes, key=lambda p: p.role == "superlink")
+    for p in order:
+        stop(p)
+    (cluster.state_dir / PROCESSES).unlink(missing_ok=True)
+    return order
+
+
+@contextmanager
+def local_cluster(state_dir: str | Path, nodes: int, **kwargs: object) -> Iterator[Cluster]:
+    """`up` ... `down`, also when the body raises (used by the tests and the benchmark)."""
+    cluster = up(state_dir, nodes, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield cluster
+    finally:
+        down(state_dir)

@@ -1,0 +1,115 @@
+"""`firm train engine=flower`: submit the run to a running SuperLink with `flwr run` and stream its log.
+
+The run is a Flower App built on the fly in a temporary directory: a pyproject.toml whose
+components are FIRM's ServerApp and ClientApp (`firm.engines.flower.apps`, installed on the
+SuperLink host and on every site) and whose `[tool.flwr.app.config]` is the whole FIRM config
+(`config_to_run_config`). The SuperLink connection (`engine.superlink`, TLS from
+`engine.root_certificates`) goes into the `config.toml` of a Flower home directory
+(`engine.flwr_home`, else a temporary one), so the user's own ~/.flwr is never touched.
+
+The ServerApp writes the run directory on the SuperLink's host: `output.dir` is made absolute
+here, and the run is named here, so that on loopback `firm train` can read the result back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import tomli_w
+
+from firm import __version__
+from firm.config import Config
+from firm.engines.flower.local import _bin, _env
+from firm.engines.flower.records import config_to_run_config
+
+CONNECTION = "firm"
+
+
+class FlowerRunError(RuntimeError):
+    """The Flower run could not be submitted or did not complete."""
+
+
+def app_pyproject(config: Config) -> str:
+    """The pyproject.toml of the Flower App that runs `config`."""
+    project = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": "firm-run",
+            "version": __version__,
+            "description": "A FIRM run: federated multi-objective alignment (ServerApp and ClientApp from the firm package)",
+            "license": "Apache-2.0",
+            "dependencies": [f"firm=={__version__}"],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "firm",
+                    "components": {
+                        "serverapp": "firm.engines.flower.apps:server_app",
+                        "clientapp": "firm.engines.flower.apps:client_app",
+                    },
+                    "config": config_to_run_config(config),
+                }
+            }
+        },
+    }
+    return tomli_w.dumps(project)
+
+
+@contextmanager
+def flwr_home_for(superlink: str, root_certificates: str, home: str | None) -> Iterator[Path]:
+    """A Flower home whose config.toml has the connection `firm` to `superlink` (TLS if a CA file is given)."""
+    conn: dict[str, object] = {"address": superlink}
+    if root_certificates:
+        conn["root-certificates"] = str(Path(root_certificates).absolute())
+    else:
+        conn["insecure"] = True
+    text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
+    if home:
+        path = Path(home).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.toml").write_text(text)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="firm-flwr-home-") as tmp:
+        (Path(tmp) / "config.toml").write_text(text)
+        yield Path(tmp)
+
+
+def prepare(config: Config) -> Config:
+    """The config as the ServerApp will run it: absolute output directory, a fixed run name."""
+    output = config.output
+    name = output.name or f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return dataclasses.replace(config, output=dataclasses.replace(output, dir=str(Path(output.dir).absolute()), name=name))
+
+
+def submit(config: Config, *, quiet: bool = False) -> Path:
+    """Run `config` on the SuperLink at `config.engine.superlink`; returns the run directory once it completed."""
+    config = prepare(config)
+    run_dir = Path(config.output.dir) / config.output.name
+    eng = config.engine
+    with tempfile.TemporaryDirectory(prefix="firm-flower-app-") as app:
+        (Path(app) / "pyproject.toml").write_text(app_pyproject(config))
+        with flwr_home_for(eng.superlink, eng.root_certificates, eng.flwr_home or None) as home:
+            cmd = [_bin("flwr"), "run", app, CONNECTION, "--stream"]
+            out = subprocess.DEVNULL if quiet else None
+            env = _env(home)
+            env.pop("VIRTUAL_ENV", None)
+            result = subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise FlowerRunError(
+            f"the Flower run wrote no {summary_path} (flwr run exited with {result.returncode}); "
+            f"is a SuperLink listening on {eng.superlink}? See its log (firm flower up: .firm-flower/superlink.log)"
+        )
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") != "completed":
+        raise FlowerRunError(f"the Flower run ended with status {summary.get('status')!r}: {summary.get('error', '')}")
+    return run_dir

@@ -1,0 +1,121 @@
+"""A warm ClientApp executor for a SuperNode: one long-lived process that runs all of FIRM's messages.
+
+Flower 1.41's SuperExec starts a fresh `flwr-clientapp` process for every message, so a
+ClientApp would import torch and load the policy and scorers again every round. Run the
+SuperNode with `--isolation process` and this worker beside it instead:
+
+    flower-supernode --isolation process --port 9094 ... &
+    firm flower worker --runtime-api-address 127.0.0.1:9094
+
+The worker takes the SuperNode's ClientApp tasks from its Runtime API (what `flower-superexec`
+does), and runs each in this process with Flower's own task-input / reply / task-output calls
+(the steps of `flwr-clientapp`), so the model and scorers are built once and kept
+(`firm.engines.flower.apps.runtime`). It serves only FIRM's ClientApp: a run of another Flower
+app gets an error reply naming the app. Written against flwr 1.41.0 (pinned); those calls are
+Flower internals that may move in other versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+import tomllib
+import zipfile
+from collections.abc import Sequence
+
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+CLIENT_APP_REF = "firm.engines.flower.apps:client_app"
+
+
+def _client(address: str, root_certificates: str | None, token: str | None) -> RuntimeHttpClient:
+    interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
+    if token:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        interceptors=interceptors,  # type: ignore[arg-type]
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def fab_client_app(fab_content: bytes) -> str:
+    """The `clientapp` component named in a FAB's pyproject.toml."""
+    with zipfile.ZipFile(io.BytesIO(fab_content)) as fab:
+        project = tomllib.loads(fab.read("pyproject.toml").decode("utf-8"))
+    return str(project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}).get("clientapp", ""))
+
+
+def run_task(address: str, root_certificates: str | None, token: str) -> None:
+    """Run one ClientApp task in this process: pull its message and context, reply, push the context back."""
+    from firm.engines.flower.apps import client_app
+
+    client = _client(address, root_certificates, token)
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context: Context | None = None
+    status, details = SubStatus.FAILED, "ClientApp task failed"
+    try:
+        message, context, _run, fab = pull_task_input(client)
+        app_ref = fab_client_app(fab.content)
+        try:
+            if app_ref != CLIENT_APP_REF:
+                raise ValueError(f"this worker runs only FIRM's ClientApp ({CLIENT_APP_REF}), not {app_ref!r}")
+            reply = client_app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as err:  # the server sees the reason in the error reply, as with flwr-clientapp
+            reason = f"{type(err).__name__}: {err}"
+            print(f"firm worker: task failed: {reason}", file=sys.stderr, flush=True)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+            details = reason
+        push_message(client, reply, context)
+    finally:
+        push_task_output(client, context, status, details)
+        heartbeat.stop()
+        client.close()
+
+
+def serve(address: str, root_certificates: str | None = None, poll_s: float = 0.05) -> None:
+    """Take and run the SuperNode's ClientApp tasks until killed."""
+    client = _client(address, root_certificates, None)
+    print(f"firm worker: serving ClientApp tasks of the SuperNode at {address}", file=sys.stderr, flush=True)
+    while True:
+        try:
+            res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP], agentapp_fab_hashes=[]))
+        except Exception as err:  # the SuperNode is starting or restarting: keep asking
+            print(f"firm worker: SuperNode not reachable yet ({type(err).__name__}); retrying", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+            continue
+        if res.HasField("task") and res.token:
+            run_task(address, root_certificates, res.token)
+        else:
+            time.sleep(poll_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="firm flower worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--runtime-api-address", default="127.0.0.1:9094", help="the SuperNode's Runtime API (its --port)")
+    parser.add_argument("--root-certificates", default=None, help="CA of the Runtime API's TLS certificate; default: plain HTTP")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.runtime_api_address, args.root_certificates)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

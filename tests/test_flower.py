@@ -1,0 +1,252 @@
+"""The Flower engine: converters, and real loopback runs (SuperLink + SuperNodes) against the in-process engine."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import RecordDict
+from safetensors.torch import load_file
+
+from firm.config import Config, ConfigError, load_config
+from firm.engines.flower import local
+from firm.engines.flower.records import (
+    adapter_to_record,
+    config_to_run_config,
+    payload_bytes,
+    record_to_adapter,
+    records_to_state,
+    run_config_to_config,
+    state_to_records,
+)
+from firm.engines.flower.submit import FlowerRunError, app_pyproject, submit
+from firm.train import run
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------- converters
+
+
+def test_run_config_round_trip_keeps_every_field() -> None:
+    config = load_config(
+        None,
+        [
+            'objectives.names=["positiveness", "conciseness"]',
+            "objectives.preference=[0.25, 0.75]",
+            "engine=flower",
+            "algorithm=fmgda",
+        ],
+    )
+    flat = config_to_run_config(config)
+    assert all(isinstance(v, bool | int | float | str) for v in flat.values())  # Flower's UserConfigValue
+    assert flat["objectives.preference"] == "[0.25, 0.75]"
+    assert run_config_to_config(flat) == config
+    assert run_config_to_config(config_to_run_config(Config())) == Config()
+
+
+def test_run_config_errors_name_the_key() -> None:
+    flat = config_to_run_config(Config())
+    with pytest.raises(ConfigError, match=r"unknown key 'nosuch\.key'"):
+        run_config_to_config({**flat, "nosuch.key": 1})
+    with pytest.raises(ConfigError, match=r"objectives\.names: expected a JSON list"):
+        run_config_to_config({**flat, "objectives.names": "[positiveness"})
+    with pytest.raises(ConfigError, match=r"federation\.rounds"):
+        run_config_to_config({**flat, "federation.rounds": "three"})
+
+
+def test_generated_app_carries_the_config() -> None:
+    import tomllib
+
+    config = load_config(None, ["federation.rounds=3"])
+    project = tomllib.loads(app_pyproject(config))
+    app = project["tool"]["flwr"]["app"]
+    assert app["components"]["clientapp"] == "firm.engines.flower.apps:client_app"
+    assert run_config_to_config(app["config"]) == config  # quoted dotted keys: Flower's run-config as is
+
+
+def test_adapter_record_round_trip_is_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    adapter = {
+        "layers.0.q.lora_A": torch.randn(4, 16, generator=g),
+        "layers.0.q.lora_B": torch.zeros(16, 4),
+        "v": torch.randn(3).double(),
+    }
+    back = record_to_adapter(adapter_to_record(adapter))
+    assert list(back) == list(adapter)
+    for name, tensor in adapter.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor)
+
+
+def test_payload_bytes_count_each_distinct_object_once() -> None:
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    g = torch.Generator().manual_seed(0)
+    trained = {"a": torch.randn(8, 32, generator=g), "b": torch.randn(32, 8, generator=g), "c": torch.randn(32, 8, generator=g)}
+    record = adapter_to_record(trained)
+    size = payload_bytes(record)
+    assert size == sum(len(o.deflate()) for o in get_all_nested_objects(record).values())
+    data = sum(t.numel() * 4 for t in trained.values())
+    assert data < size < data + 2000  # the tensors plus small headers
+    assert payload_bytes(adapter_to_record({k: v * 2 for k, v in trained.items()})) == size  # distinct values: size from shapes
+    zeros = {"a": trained["a"], "b": torch.zeros(32, 8), "c": torch.zeros(32, 8)}  # identical B matrices travel once
+    assert payload_bytes(adapter_to_record(zeros)) < size - 1000
+
+
+def test_client_state_round_trip_through_context_records() -> None:
+    records = RecordDict()
+    assert records_to_state(records, "s") == {}
+    state = {"momentum": torch.arange(6.0).reshape(2, 3), "rounds_seen": 3, "last": [0.5, 0.5]}
+    state_to_records(state, records, "s")
+    back = records_to_state(records, "s")
+    assert torch.equal(back["momentum"], state["momentum"]) and back["rounds_seen"] == 3 and back["last"] == [0.5, 0.5]
+
+
+# --------------------------------------------------------------------------- loopback runs
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(next((run_dir / "final_adapter").glob("*.safetensors")))
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _distinct_payload(adapter: dict[str, torch.Tensor]) -> int:
+    """Payload bytes of an adapter-shaped record whose tensors all differ (as trained deltas do)."""
+    g = torch.Generator().manual_seed(1)
+    return payload_bytes(adapter_to_record({k: torch.randn(v.shape, generator=g) for k, v in adapter.items()}))
+
+
+def _flower_config(tmp_path: Path, cluster: local.Cluster, *overrides: str) -> Config:
+    extra = [f"engine.root_certificates={cluster.root_certificates!r}".replace("'", '"')] if cluster.root_certificates else []
+    return tiny_config(
+        tmp_path, "engine=flower", f'engine.superlink="{cluster.superlink}"', "engine.round_timeout=60", *extra, *overrides
+    )
+
+
+def _check_parity(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> None:
+    flower_dir = submit(_flower_config(tmp_path / "flower", cluster, f"algorithm={algorithm}", "output.name=run"), quiet=True)
+    inproc_config = tiny_config(tmp_path / "inprocess", f"algorithm={algorithm}", "output.name=run")
+    inproc = run(inproc_config)
+    ours, theirs = _adapter(flower_dir), _adapter(inproc.run_dir)
+    assert list(ours) == list(theirs)
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-6
+    assert any((theirs[k] != 0).any() for k in theirs if "lora_B" in k)  # it trained: the comparison means something
+    flower_rows, inproc_rows = _rows(flower_dir), _rows(inproc.run_dir)
+    assert [sorted(r) for r in flower_rows] == [sorted(r) for r in inproc_rows]  # the same metrics schema
+    assert [r["clients"] for r in flower_rows] == [r["clients"] for r in inproc_rows]
+    from firm.policy import build_policy
+
+    server = build_policy(inproc_config.model, inproc_config.lora, inproc_config.federation.seed)
+    initial = payload_bytes(adapter_to_record(server.get_adapter()))  # round 1 broadcasts the fresh adapter
+    per_upload = _distinct_payload(server.get_adapter())
+    for row in flower_rows:
+        assert row["comm"]["upload_bytes"] == per_upload * len(row["clients"])  # one trained delta per client, as sent
+        sent = initial if row["round"] == 1 else per_upload
+        assert row["comm"]["download_bytes"] == sent * len(row["clients"])
+        assert row["dropped"] == {}
+        assert row["eval"] == pytest.approx(inproc_rows[row["round"] - 1]["eval"], abs=1e-6)
+    assert (flower_dir / "checkpoints" / "round_0002").is_dir() and (flower_dir / "report.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    state = tmp_path_factory.mktemp("flower")
+    with local.local_cluster(state, 2, superlink=f"127.0.0.1:{local.free_port()}") as c:
+        yield c
+    assert not any(local._alive(p.pid) for p in c.processes)  # everything it started is gone
+
+
+@pytest.mark.parametrize("algorithm", ["firm", "fedavg"])
+def test_flower_engine_matches_in_process(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> None:
+    _check_parity(tmp_path, cluster, algorithm)
+
+
+def test_flower_engine_with_tls_and_node_auth(tmp_path: Path) -> None:
+    make_test_certs = runpy.run_path(str(ROOT / "scripts" / "make_test_certs.py"))["make_test_certs"]
+    certs = tmp_path / "certs"
+    make_test_certs(certs, 2)
+    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}", tls=certs) as c:
+        assert c.root_certificates.endswith("ca.crt")
+        _check_parity(tmp_path, c, "firm")
+        with pytest.raises(FlowerRunError):  # without the CA the connection is refused: TLS is really on
+            submit(
+                tiny_config(tmp_path / "plain", "engine=flower", f'engine.superlink="{c.superlink}"', "output.name=plain"),
+                quiet=True,
+            )
+
+
+def _kill_node_after_round_one(tmp_path: Path, *overrides: str) -> tuple[Path, BaseException | None]:
+    """Run 3 rounds on 2 nodes; SIGKILL node 1 (SuperNode and worker) once round 1 is in metrics.jsonl."""
+    outcome: dict[str, Any] = {}
+    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}") as c:
+        config = _flower_config(tmp_path, c, "federation.rounds=3", "engine.round_timeout=15", "output.name=run", *overrides)
+        run_dir = Path(config.output.dir) / "run"
+
+        def go() -> None:
+            try:
+                outcome["dir"] = submit(config, quiet=True)
+            except BaseException as err:
+                outcome["error"] = err
+
+        thread = threading.Thread(target=go)
+        thread.start()
+        deadline = time.monotonic() + 180
+        while not ((run_dir / "metrics.jsonl").exists() and _rows(run_dir)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _rows(run_dir), "round 1 never finished"
+        for p in c.processes:
+            if p.role in ("supernode-1", "worker-1"):
+                local.stop(p, grace=0.0)
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    return run_dir, outcome.get("error")
+
+
+def test_killed_node_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
+    run_dir, error = _kill_node_after_round_one(tmp_path, "federation.min_clients=1")
+    assert error is None
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["dropped"] == {}
+    for row in rows[1:]:
+        assert list(row["dropped"]) == ["1"] and "no reply" in row["dropped"]["1"]
+        assert list(row["weights"]) == ["0"]  # aggregated from the survivor only
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert (run_dir / "final_adapter").is_dir()
+
+
+def test_killed_node_fails_the_run_clearly_when_all_are_required(tmp_path: Path) -> None:
+    run_dir, error = _kill_node_after_round_one(tmp_path)  # min_clients = 0: every sampled client
+    assert isinstance(error, FlowerRunError)
+    assert "round 2 (train): 1 of 2 sampled clients returned an update" in str(error)
+    assert "federation.min_clients needs 2" in str(error)
+    assert [r["round"] for r in _rows(run_dir)] == [1]  # no partial row
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 1
+    assert (run_dir / "checkpoints" / "round_0001").is_dir()
+    assert not (run_dir / "final_adapter").exists()
+
+
+def test_cluster_up_refuses_a_second_start_and_down_stops_only_its_processes(tmp_path: Path) -> None:
+    port = local.free_port()
+    c = local.up(tmp_path, 1, superlink=f"127.0.0.1:{port}")
+    try:
+        assert all(local._alive(p.pid) for p in c.processes)
+        with pytest.raises(local.ClusterError, match="already has running processes"):
+            local.up(tmp_path, 1, superlink=f"127.0.0.1:{port}")
+    finally:
+        stopped = local.down(tmp_path)
+    assert {p.pid for p in stopped} == {p.pid for p in c.processes}
+    assert not any(local._alive(p.pid) for p in c.processes)
+    with pytest.raises(local.ClusterError, match="no local Flower cluster"):
+        local.down(tmp_path)
