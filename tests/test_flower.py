@@ -149,9 +149,13 @@ def _check_parity(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> Non
     initial = payload_bytes(adapter_to_record(server.get_adapter()))  # round 1 broadcasts the fresh adapter
     per_upload = _distinct_payload(server.get_adapter())
     for row in flower_rows:
-        assert row["comm"]["upload_bytes"] == per_upload * len(row["clients"])  # one trained delta per client, as sent
-        sent = initial if row["round"] == 1 else per_upload
-        assert row["comm"]["download_bytes"] == sent * len(row["clients"])
+        n = len(row["clients"])
+        if algorithm in ("firm", "fedavg", "mgda"):  # one trained delta per client, every tensor distinct
+            assert row["comm"]["upload_bytes"] == per_upload * n
+            sent = initial if row["round"] == 1 else per_upload
+            assert row["comm"]["download_bytes"] == sent * n
+        else:  # M per-objective payloads (fmgda) or a probe and an update (fedcmoo): some chunks may coincide
+            assert 0 < row["comm"]["upload_bytes"] <= 2 * per_upload * n
         assert row["dropped"] == {}
         assert row["eval"] == pytest.approx(inproc_rows[row["round"] - 1]["eval"], abs=1e-6)
     assert (flower_dir / "checkpoints" / "round_0002").is_dir() and (flower_dir / "report.html").is_file()
@@ -165,9 +169,37 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert not any(local._alive(p.pid) for p in c.processes)  # everything it started is gone
 
 
-@pytest.mark.parametrize("algorithm", ["firm", "fedavg"])
+@pytest.mark.parametrize("algorithm", ["firm", "fedavg", "mgda", "fmgda", "fedcmoo"])
 def test_flower_engine_matches_in_process(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> None:
     _check_parity(tmp_path, cluster, algorithm)
+
+
+def test_each_node_loaded_the_model_once(cluster: local.Cluster) -> None:
+    """After the parity runs above (several runs, several rounds each), each warm worker built its model once."""
+    for i in range(2):
+        log = Path(cluster.state_dir / f"worker-{i}.log").read_text()
+        assert log.count("loading model tiny") == 1, log[-2000:]
+
+
+def test_sites_read_their_own_prompt_files(tmp_path: Path) -> None:
+    own = tmp_path / "site1.jsonl"
+    own.write_text(
+        "\n".join(json.dumps({"prompt": f"Tell me about the {w} in our shop."}) for w in ("lamps", "chairs", "desks")) + "\n"
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}", prompt_files=["", str(own)]) as c:
+        run_dir = submit(_flower_config(tmp_path / "own", c, "output.name=run"), quiet=True)
+        log = (c.state_dir / "worker-1.log").read_text()
+        assert "client 1: 3 prompts" in log  # the site's file, not the built-in shard
+        assert _rows(run_dir)[-1]["dropped"] == {}
+    with local.local_cluster(
+        tmp_path / "state2", 2, superlink=f"127.0.0.1:{local.free_port()}", prompt_files=["", str(bad)]
+    ) as c:
+        run_dir = submit(_flower_config(tmp_path / "bad", c, "output.name=run", "federation.min_clients=1"), quiet=True)
+        rows = _rows(run_dir)
+        assert all(list(r["dropped"]) == ["1"] for r in rows)
+        assert f"{bad}:2: invalid JSON" in rows[0]["dropped"]["1"]  # the site's error, with its line, reached the server
 
 
 def test_flower_engine_with_tls_and_node_auth(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ for all of a node's rounds (Flower's own executor starts a fresh process per mes
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -114,6 +115,7 @@ def runtime(config: Config, context: Context) -> _Runtime:
     if _RUNTIME is not None and _RUNTIME.key[:2] == key[:2]:
         policy = _RUNTIME.policy  # same base model and LoRA shape: keep it, the adapter is set per message
     else:
+        print(f"firm: client {client_id}: loading model {config.model.name} (once per process)", file=sys.stderr, flush=True)
         policy = build_policy(config.model, config.lora, config.federation.seed)
     if _RUNTIME is not None and _RUNTIME.key == key:
         shard = _RUNTIME.shard
@@ -125,6 +127,11 @@ def runtime(config: Config, context: Context) -> _Runtime:
         else:
             fed = config.federation
             shard = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed).clients[client_id]
+        print(
+            f"firm: client {client_id}: {len(shard)} prompts, objectives {', '.join(config.objectives.names)}",
+            file=sys.stderr,
+            flush=True,
+        )
     _RUNTIME = _Runtime(key, policy, objectives, shard, ALGORITHMS[config.algorithm.name](config))
     return _RUNTIME
 
