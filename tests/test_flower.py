@@ -282,3 +282,33 @@ def test_cluster_up_refuses_a_second_start_and_down_stops_only_its_processes(tmp
     assert not any(local._alive(p.pid) for p in c.processes)
     with pytest.raises(local.ClusterError, match="no local Flower cluster"):
         local.down(tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_round_on_flower(tmp_path: Path) -> None:
+    """The default model, scorers and data through Flower: one round, two SuperNodes, parity with in process."""
+    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}") as c:
+        overrides = [
+            "federation.num_clients=2",
+            "federation.rounds=1",
+            "algorithm.local_steps=1",
+            "eval.num_prompts=4",
+            "output.progress=false",
+        ]
+        flower_dir = submit(
+            load_config(
+                None,
+                [
+                    *overrides,
+                    "engine=flower",
+                    f'engine.superlink="{c.superlink}"',
+                    f'output.dir="{tmp_path}"',
+                    "output.name=flower",
+                ],
+            ),
+            quiet=True,
+        )
+    inproc = run(load_config(None, [*overrides, f'output.dir="{tmp_path}"', "output.name=inprocess"]))
+    ours, theirs = _adapter(flower_dir), _adapter(inproc.run_dir)
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-6
+    assert _rows(flower_dir)[0]["eval"] == pytest.approx(_rows(inproc.run_dir)[0]["eval"], abs=1e-6)
