@@ -179,6 +179,9 @@ def _train_flower(config: Config) -> int:
     except KeyboardInterrupt:
         print("firm: stopped streaming; the run goes on on the SuperLink (`flwr stop` ends it)", file=sys.stderr)
         return 130
+    if not (run_dir / "summary.json").exists():
+        print(f"run directory (on the SuperLink's host): {run_dir}")
+        return 0
     print(report_table(run_dir))
     print(f"run directory: {run_dir}")
     return 0

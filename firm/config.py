@@ -127,7 +127,7 @@ class FederationConfig:
     seed: int = 0
     """The one seed all randomness derives from."""
     min_clients: int = 0
-    """Fewest sampled clients that must return an update for a round to count; 0 = all of them. A round with fewer stops the run with an error (the last checkpoint is kept)."""
+    """Fewest sampled clients that must return an update for a round to count; 0 = all of them. A round with fewer stops the run with an error (the last checkpoint is kept). Clients drop out on the Flower engine (node gone, error, `engine.round_timeout`)."""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class FlowerEngine:
 
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
         fed = self.config.federation
+        start = time.perf_counter()
         timer = Timer(self.policy.device)
         client_ids = sample_clients(fed.seed, round_idx, fed.num_clients, fed.clients_per_round)
         dropped: dict[int, str] = {c: "no SuperNode holds this client id" for c in client_ids if c not in self.nodes}
@@ -148,6 +149,10 @@ class FlowerEngine:
         self.policy.set_adapter(new_global)
         for client_id, why in dropped.items():
             _say(f"round {round_idx}: client {client_id} dropped: {why}")
+        _say(
+            f"round {round_idx}/{fed.rounds}: {len(weights)} of {len(client_ids)} clients updated, "
+            f"{upload_bytes:,} bytes up, {time.perf_counter() - start:.1f} s"
+        )
         return RoundOutcome(
             global_adapter=new_global,
             client_ids=client_ids,

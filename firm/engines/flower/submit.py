@@ -91,7 +91,10 @@ def prepare(config: Config) -> Config:
 
 
 def submit(config: Config, *, quiet: bool = False) -> Path:
-    """Run `config` on the SuperLink at `config.engine.superlink`; returns the run directory once it completed."""
+    """Run `config` on the SuperLink at `config.engine.superlink`; returns the run directory once it completed.
+
+    The directory is on the SuperLink's host; when that is another machine it does not exist here.
+    """
     config = prepare(config)
     run_dir = Path(config.output.dir) / config.output.name
     eng = config.engine
@@ -105,6 +108,8 @@ def submit(config: Config, *, quiet: bool = False) -> Path:
             result = subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False)
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
+        if result.returncode == 0:  # a remote SuperLink: the run directory is on its host
+            return run_dir
         raise FlowerRunError(
             f"the Flower run wrote no {summary_path} (flwr run exited with {result.returncode}); "
             f"is a SuperLink listening on {eng.superlink}? See its log (firm flower up: .firm-flower/superlink.log)"
