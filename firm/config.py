@@ -126,6 +126,10 @@ class FederationConfig:
     """Communication rounds."""
     seed: int = 0
     """The one seed all randomness derives from."""
+    client_timeout: float = 0.0
+    """Seconds a client may spend on its round (checked before each local step and at the end); over it, its update is dropped. 0 = no limit (the Flower engine also has `engine.round_timeout`)."""
+    round_retries: int = 1
+    """Times a round with fewer than `min_clients` good updates is run again before the run stops with an error."""
     min_clients: int = 0
     """Fewest sampled clients that must return an update for a round to count; 0 = all of them. A round with fewer stops the run with an error (the last checkpoint is kept). Clients drop out on the Flower engine (node gone, error, `engine.round_timeout`)."""
 
@@ -169,6 +173,18 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class AggregationConfig:
+    rule: Literal["mean", "median", "trimmed_mean"] = "mean"
+    """How one-adapter algorithms (firm, fedavg, mgda) combine client deltas: sample-weighted `mean` (the method's own rule), coordinate-wise `median`, or coordinate-wise `trimmed_mean`."""
+    trim: float = 0.2
+    """`trimmed_mean`: share of the clients dropped at each end of every coordinate, in [0, 0.5)."""
+    clip_norm: float = 0.0
+    """Scale every client delta down to at most this L2 norm before aggregating; 0 = no clipping."""
+    max_norm_ratio: float = 10.0
+    """Reject a client update whose L2 norm exceeds this multiple of the round's median norm (needs 3 or more updates); 0 = no check."""
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     name: Literal["inprocess", "flower"] = "inprocess"
     """Where clients run: `inprocess` (one after another in this process) or `flower` (a run submitted to a Flower SuperLink; `engine=flower` is short for `engine.name=flower`)."""
@@ -193,6 +209,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
@@ -361,6 +378,7 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
+    agg = config.aggregation
     non_negative = {
         "lora.dropout": config.lora.dropout,
         "algorithm.reg": config.algorithm.reg,
@@ -368,10 +386,20 @@ def validate(config: Config) -> None:
         "algorithm.clip_eps": config.algorithm.clip_eps,
         "federation.seed": fed.seed,
         "federation.min_clients": fed.min_clients,
+        "federation.client_timeout": fed.client_timeout,
+        "federation.round_retries": fed.round_retries,
+        "aggregation.clip_norm": agg.clip_norm,
+        "aggregation.max_norm_ratio": agg.max_norm_ratio,
     }
     if fed.min_clients > fed.clients_per_round:
         raise ConfigError(
             f"federation.min_clients: {fed.min_clients} is more than federation.clients_per_round = {fed.clients_per_round}"
+        )
+    if not 0 <= agg.trim < 0.5:
+        raise ConfigError(f"aggregation.trim: must be in [0, 0.5), got {agg.trim}")
+    if agg.rule != "mean" and config.algorithm.name in ("fmgda", "fedcmoo"):
+        raise ConfigError(
+            f"aggregation.rule: {agg.rule!r} is for one-adapter algorithms (firm, fedavg, mgda); {config.algorithm.name} uploads one payload per objective"
         )
     if not config.engine.round_timeout > 0:
         raise ConfigError(f"engine.round_timeout: must be > 0 seconds, got {config.engine.round_timeout}")

@@ -9,7 +9,7 @@ backward pass of the weighted loss. This is the baseline FIRM must beat at equal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,8 +17,9 @@ import torch
 from firm.aggregation import RunningMean, apply_mean_delta
 from firm.algorithms.protocol import Aggregator, ClientUpdate
 from firm.codec import Adapter
-from firm.config import Config
+from firm.config import AggregationConfig, Config
 from firm.local_step import LocalProblem, Timer, local_update
+from firm.robust import mean_aggregator
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,13 @@ class FedAvg:
     optimizer: str
     lr: float
     server_lr: float
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "fedavg"
 
     @classmethod
     def from_config(cls, config: Config) -> FedAvg:
         a = config.algorithm
-        return cls(config.objectives.preference_vector, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr)
+        return cls(config.objectives.preference_vector, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr, config.aggregation)
 
     def client_update(
         self,
@@ -48,7 +50,7 @@ class FedAvg:
         return ClientUpdate([result.delta], result.num_samples, result.mean_weights, result.steps)
 
     def new_aggregator(self) -> RunningMean:
-        return RunningMean()
+        return mean_aggregator(self.aggregation)
 
     def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter:
         assert isinstance(aggregator, RunningMean)

@@ -18,7 +18,7 @@ reg-strongly convex and bounds how far two clients' weights can drift apart by
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,8 +26,9 @@ import torch
 from firm.aggregation import RunningMean, apply_mean_delta
 from firm.algorithms.protocol import Aggregator, ClientUpdate
 from firm.codec import Adapter
-from firm.config import Config
+from firm.config import AggregationConfig, Config
 from firm.local_step import LocalProblem, Timer, local_update
+from firm.robust import mean_aggregator
 from firm.solvers import firm_weights
 
 
@@ -40,12 +41,15 @@ class Firm:
     optimizer: str
     lr: float
     server_lr: float
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "firm"
 
     @classmethod
     def from_config(cls, config: Config) -> Firm:
         a = config.algorithm
-        return cls(config.objectives.preference_vector, a.reg, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr)
+        return cls(
+            config.objectives.preference_vector, a.reg, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr, config.aggregation
+        )
 
     def weights(self, gram: torch.Tensor) -> torch.Tensor:
         """The in-client regularized weighting rule."""
@@ -64,7 +68,7 @@ class Firm:
         return ClientUpdate([result.delta], result.num_samples, result.mean_weights, result.steps)
 
     def new_aggregator(self) -> RunningMean:
-        return RunningMean()
+        return mean_aggregator(self.aggregation)
 
     def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter:
         assert isinstance(aggregator, RunningMean)

@@ -9,7 +9,7 @@ strong convexity bounds the drift), which is what FIRM's regulariser is for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,8 +17,9 @@ import torch
 from firm.aggregation import RunningMean, apply_mean_delta
 from firm.algorithms.protocol import Aggregator, ClientUpdate
 from firm.codec import Adapter
-from firm.config import Config
+from firm.config import AggregationConfig, Config
 from firm.local_step import LocalProblem, Timer, local_update
+from firm.robust import mean_aggregator
 from firm.solvers import min_norm_weights
 
 
@@ -29,12 +30,13 @@ class Mgda:
     optimizer: str
     lr: float
     server_lr: float
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "mgda"
 
     @classmethod
     def from_config(cls, config: Config) -> Mgda:
         a = config.algorithm
-        return cls(a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr)
+        return cls(a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr, config.aggregation)
 
     def weights(self, gram: torch.Tensor) -> torch.Tensor:
         return min_norm_weights(gram)
@@ -52,7 +54,7 @@ class Mgda:
         return ClientUpdate([result.delta], result.num_samples, result.mean_weights, result.steps)
 
     def new_aggregator(self) -> RunningMean:
-        return RunningMean()
+        return mean_aggregator(self.aggregation)
 
     def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter:
         assert isinstance(aggregator, RunningMean)

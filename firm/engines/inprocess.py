@@ -8,19 +8,27 @@ clients). Per-client algorithm state is kept here between rounds, not in the alg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import torch
+
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import TwoRoundTrips
+from firm.algorithms.protocol import ClientUpdate, TwoRoundTrips
 from firm.client import problem_sampler, sample_clients
 from firm.codec import Adapter, decode, encode
 from firm.config import Config
-from firm.data import Prompt
-from firm.local_step import Timer
-from firm.objectives import Objective
+from firm.data import Prompt, PromptFileError
+from firm.local_step import LocalProblem, Timer
+from firm.objectives import Objective, ObjectiveError
 from firm.policy import Policy
+from firm.robust import Candidate, RoundFailed, screen
+
+USER_ERRORS = (ObjectiveError, PromptFileError, KeyboardInterrupt)
+"""Errors of the user's input or the user's wish: they stop the run instead of dropping a client."""
 
 
 @dataclass
@@ -39,8 +47,37 @@ class RoundOutcome:
     dropped: dict[int, str] = field(default_factory=dict)  # sampled client -> why it has no update this round
 
 
+ClientCall = Callable[[], ClientUpdate]
+ClientWrapper = Callable[[int, int, ClientCall], ClientUpdate | None]
+"""(round, client id, call) -> the client's update: `call()` runs the client; a wrapper may raise,
+stall or change the result (fault injection in tests, instrumentation)."""
+
+
+class ClientTimeout(RuntimeError):
+    """A client went over `federation.client_timeout` in its round."""
+
+
+def _with_deadline(sampler: Callable[[int], LocalProblem], deadline: float, limit: float) -> Callable[[int], LocalProblem]:
+    """The client's problem sampler, refusing to start another local step after the deadline."""
+
+    def sample(step: int) -> LocalProblem:
+        if time.monotonic() > deadline:
+            raise ClientTimeout(f"over federation.client_timeout = {limit:g} s before local step {step + 1}")
+        return sampler(step)
+
+    return sample
+
+
 class InProcessEngine:
-    """Runs rounds of `algorithm` with all clients in this process."""
+    """Runs rounds of `algorithm` with all clients in this process.
+
+    A client that raises (anything but a user-input error such as a broken objective, which
+    stops the run), goes over `federation.client_timeout`, or returns nothing is dropped from the
+    round; every update then passes `firm.robust.screen` (names, shapes, dtypes, finite values,
+    norm vs the round's median). Dropped and rejected clients are recorded in the round's
+    `dropped`; the rest are aggregated. Fewer than `federation.min_clients` good updates raise
+    `RoundFailed` (the run loop retries the round or stops).
+    """
 
     def __init__(
         self,
@@ -50,6 +87,7 @@ class InProcessEngine:
         shards: Sequence[Sequence[Prompt]],
         config: Config,
         communicate: bool = True,
+        client_wrapper: ClientWrapper | None = None,
     ) -> None:
         self.policy = policy
         self.algorithm = algorithm
@@ -60,32 +98,69 @@ class InProcessEngine:
         # False for the non-federated references (centralized, local): the payloads still take the
         # same path through the codec, but nothing is sent, so nothing is counted.
         self.communicate = communicate
+        self.client_wrapper = client_wrapper
+
+    def _run_client(self, round_idx: int, client_id: int, call: ClientCall, dropped: dict[int, str]) -> ClientUpdate | None:
+        """One client's call with the failure policy of the class docstring; None if it was dropped."""
+        limit = self.config.federation.client_timeout
+        start = time.monotonic()
+        try:
+            update = call() if self.client_wrapper is None else self.client_wrapper(round_idx, client_id, call)
+        except USER_ERRORS:
+            raise
+        except Exception as err:  # a failing client is dropped, the round goes on
+            dropped[client_id] = f"raised {type(err).__name__}: {err}"
+            return None
+        if update is None or not update.uploads:
+            dropped[client_id] = "returned no update"
+            return None
+        if limit > 0 and time.monotonic() - start > limit:
+            dropped[client_id] = f"over federation.client_timeout = {limit:g} s ({time.monotonic() - start:.1f} s)"
+            return None
+        return update
+
+    def _sampler(self, round_idx: int, client_id: int, timer: Timer) -> Callable[[int], LocalProblem]:
+        sampler = problem_sampler(self.policy, self.objectives, self.shards[client_id], self.config, round_idx, client_id, timer)
+        limit = self.config.federation.client_timeout
+        return _with_deadline(sampler, time.monotonic() + limit, limit) if limit > 0 else sampler
 
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
         fed = self.config.federation
         timer = Timer(self.policy.device)
         client_ids = sample_clients(fed.seed, round_idx, fed.num_clients, fed.clients_per_round)
+        dropped: dict[int, str] = {}
         with timer.phase("communication"):
             broadcast = encode(global_adapter)
         upload_bytes = download_bytes = 0
         plan_payload: bytes | None = None
         server_stats: dict[str, Any] = {}
+        max_ratio = self.config.aggregation.max_norm_ratio
         if isinstance(self.algorithm, TwoRoundTrips):
             # Two round trips (FedCMOO): every client probes at the global adapter, the server plans
             # (e.g. objective weights) and broadcasts the plan; the clients keep the adapter they got.
             probes = self.algorithm.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
+            probe_candidates: list[Candidate] = []
             for client_id in client_ids:
                 with timer.phase("communication"):
                     self.policy.set_adapter(decode(broadcast))
                     download_bytes += len(broadcast)
-                sampler = problem_sampler(
-                    self.policy, self.objectives, self.shards[client_id], self.config, round_idx, client_id, timer
+                sampler = self._sampler(round_idx, client_id, timer)
+                state = self.client_states.get(client_id, {})
+                probe = self._run_client(
+                    round_idx, client_id, partial(self.algorithm.client_probe, self.policy.params, sampler, state), dropped
                 )
-                probe = self.algorithm.client_probe(self.policy.params, sampler, self.client_states.get(client_id, {}))
+                if probe is None:
+                    continue
                 with timer.phase("communication"):
                     payloads = [encode(upload) for upload in probe.uploads]
                     upload_bytes += sum(len(p) for p in payloads)
-                probes.add([decode(p) for p in payloads], float(probe.num_samples))
+                probe_candidates.append(Candidate(client_id, [decode(p) for p in payloads], float(probe.num_samples)))
+            for c in probe_candidates:  # probes are not adapter-shaped: check finiteness only
+                if not all(bool(torch.isfinite(t).all()) for u in c.uploads for t in u.values()):
+                    dropped[c.client_id] = "rejected: probe has NaN or Inf values"
+                else:
+                    probes.add(c.uploads, c.weight)
+            check_enough(self.config, round_idx, "probe", client_ids, dropped)
             with timer.phase("solve"):
                 plan = self.algorithm.server_plan(probes)
             server_stats["plan"] = {k: v.tolist() for k, v in plan.items()}
@@ -94,7 +169,11 @@ class InProcessEngine:
         aggregator = self.algorithm.new_aggregator()
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
+        candidates: list[Candidate] = []
+        expected_uploads = 0
         for client_id in client_ids:
+            if client_id in dropped:  # failed its probe
+                continue
             with timer.phase("communication"):
                 received = decode(broadcast)
                 if plan_payload is None:
@@ -103,25 +182,44 @@ class InProcessEngine:
                     plan_received = decode(plan_payload)
                     download_bytes += len(plan_payload)
             self.policy.set_adapter(received)
-            sampler = problem_sampler(
-                self.policy, self.objectives, self.shards[client_id], self.config, round_idx, client_id, timer
-            )
+            sampler = self._sampler(round_idx, client_id, timer)
             state = self.client_states.get(client_id, {})
             if plan_payload is None:
-                update = self.algorithm.client_update(self.policy.params, sampler, state, timer)
+                call = partial(self.algorithm.client_update, self.policy.params, sampler, state, timer)
             else:
-                update = self.algorithm.client_update(self.policy.params, sampler, state, timer, plan=plan_received)  # type: ignore[call-arg]
-            self.client_states[client_id] = update.client_state
+                call = partial(self.algorithm.client_update, self.policy.params, sampler, state, timer, plan=plan_received)  # type: ignore[call-arg]
+            update = self._run_client(round_idx, client_id, call, dropped)
+            if on_client_done is not None:
+                on_client_done(client_id)
+            if update is None:
+                continue
             with timer.phase("communication"):
                 payloads = [encode(upload) for upload in update.uploads]
                 upload_bytes += sum(len(p) for p in payloads)
                 uploads = [decode(p) for p in payloads]
-            with timer.phase("aggregation"):
-                aggregator.add(uploads, float(update.num_samples))
+            expected_uploads = expected_uploads or _expected_uploads(self.algorithm, self.config)
+            candidate = Candidate(client_id, uploads, float(update.num_samples))
+            if max_ratio > 0:  # the norm screen needs the whole round: keep the updates until it ends
+                candidates.append(candidate)
+            else:  # stream: memory O(d) whatever the number of clients
+                passed, rejected = screen([candidate], global_adapter, expected_uploads, 0.0)
+                dropped.update(rejected)
+                for c in passed:
+                    with timer.phase("aggregation"):
+                        aggregator.add(c.uploads, c.weight)
             weights[client_id] = update.mean_weights
             steps[client_id] = update.steps
-            if on_client_done is not None:
-                on_client_done(client_id)
+            self.client_states[client_id] = update.client_state
+        if candidates:
+            with timer.phase("aggregation"):
+                passed, rejected = screen(candidates, global_adapter, expected_uploads, max_ratio)
+                dropped.update(rejected)
+                for c in passed:
+                    aggregator.add(c.uploads, c.weight)
+        for client_id in dropped:  # the logs keep the clients whose update was aggregated
+            weights.pop(client_id, None)
+            steps.pop(client_id, None)
+        check_enough(self.config, round_idx, "train", client_ids, dropped)
         with timer.phase("aggregation"):
             new_global = self.algorithm.server_update(global_adapter, aggregator)
             drift_updates = aggregator.update_drift()
@@ -139,4 +237,22 @@ class InProcessEngine:
             upload_bytes=upload_bytes,
             download_bytes=download_bytes,
             times=dict(timer.totals),
+            dropped=dropped,
+        )
+
+
+def _expected_uploads(algorithm: Algorithm, config: Config) -> int:
+    """Payloads per client update: one adapter, or one per objective (fmgda)."""
+    return config.num_objectives if algorithm.name == "fmgda" else 1
+
+
+def check_enough(config: Config, round_idx: int, stage: str, client_ids: Sequence[int], dropped: dict[int, str]) -> None:
+    """Raise RoundFailed when fewer than `federation.min_clients` (0 = all sampled) clients are left."""
+    need = config.federation.min_clients or len(client_ids)
+    got = len(client_ids) - len(dropped)
+    if got < need:
+        reasons = "; ".join(f"client {c}: {why}" for c, why in sorted(dropped.items()))
+        raise RoundFailed(
+            f"round {round_idx} ({stage}): {got} of {len(client_ids)} sampled clients returned an update, "
+            f"federation.min_clients needs {need} ({reasons})"
         )

@@ -28,14 +28,11 @@ from firm.codec import Adapter
 from firm.config import Config
 from firm.data import FederatedPrompts
 from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter
-from firm.engines.inprocess import RoundOutcome
+from firm.engines.inprocess import RoundOutcome, check_enough
 from firm.local_step import Timer
 from firm.objectives import Objective
 from firm.policy import Policy
-
-
-class RoundFailed(RuntimeError):
-    """Fewer clients returned an update than `federation.min_clients` demands."""
+from firm.robust import Candidate, RoundFailed, screen
 
 
 class FlowerEngine:
@@ -115,7 +112,7 @@ class FlowerEngine:
                 uploads, up_bytes = _uploads(reply.content)
                 upload_bytes += up_bytes
                 probes.add(uploads, float(get_json(reply.content, "firm.update")["num_samples"]))
-            self._check_enough(round_idx, "probe", client_ids, dropped)
+            check_enough(self.config, round_idx, "probe", client_ids, dropped)
             with timer.phase("solve"):
                 plan = self.algorithm.server_plan(probes)
             server_stats["plan"] = {k: v.tolist() for k, v in plan.items()}
@@ -128,20 +125,34 @@ class FlowerEngine:
         aggregator = self.algorithm.new_aggregator()
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
+        candidates: list[Candidate] = []
         for client_id, reply in replies:
-            with timer.phase("communication"):
-                uploads, up_bytes = _uploads(reply.content)
+            try:
+                with timer.phase("communication"):
+                    uploads, up_bytes = _uploads(reply.content)
+                update = get_json(reply.content, "firm.update")
+                num_samples = float(update["num_samples"])
+            except (KeyError, ValueError, TypeError) as err:  # a reply that is not a FIRM update
+                dropped[client_id] = f"rejected: malformed reply ({type(err).__name__}: {err})"
+                continue
             upload_bytes += up_bytes
-            update = get_json(reply.content, "firm.update")
-            with timer.phase("aggregation"):
-                aggregator.add(uploads, float(update["num_samples"]))
+            candidates.append(Candidate(client_id, uploads, num_samples))
             weights[client_id] = update["mean_weights"]
             steps[client_id] = update["steps"]
             for phase, seconds in update["times"].items():
                 timer.totals[phase] = timer.totals.get(phase, 0.0) + seconds
             if on_client_done is not None:
                 on_client_done(client_id)
-        self._check_enough(round_idx, "train", client_ids, dropped)
+        expected = self.config.num_objectives if self.algorithm.name == "fmgda" else 1
+        with timer.phase("aggregation"):
+            passed, rejected = screen(candidates, global_adapter, expected, self.config.aggregation.max_norm_ratio)
+            dropped.update(rejected)
+            for c in passed:
+                aggregator.add(c.uploads, c.weight)
+        for client_id in dropped:
+            weights.pop(client_id, None)
+            steps.pop(client_id, None)
+        check_enough(self.config, round_idx, "train", client_ids, dropped)
         with timer.phase("aggregation"):
             new_global = self.algorithm.server_update(global_adapter, aggregator)
             drift_updates = aggregator.update_drift()
@@ -200,16 +211,6 @@ class FlowerEngine:
             if client_id not in good and client_id not in dropped:
                 dropped[client_id] = f"no reply within engine.round_timeout = {self.config.engine.round_timeout:g} s"
         return sorted(good.items())
-
-    def _check_enough(self, round_idx: int, stage: str, client_ids: list[int], dropped: dict[int, str]) -> None:
-        need = self.config.federation.min_clients or len(client_ids)
-        got = len(client_ids) - len(dropped)
-        if got < need:
-            reasons = "; ".join(f"client {c}: {why}" for c, why in sorted(dropped.items()))
-            raise RoundFailed(
-                f"round {round_idx} ({stage}): {got} of {len(client_ids)} sampled clients returned an update, "
-                f"federation.min_clients needs {need} ({reasons})"
-            )
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll_s: float = 0.1) -> list[Message]:
