@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. federation.rounds=3 algorithm.reg=0.5"
         )
+        if name == "train":
+            p.add_argument(
+                "--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint, with its own config"
+            )
     return parser
 
 
@@ -105,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args.run_dir)
     if args.command == "flower":
         return _flower(args)
+    if args.command == "train" and args.resume:
+        if args.config or args.overrides:
+            print("firm: error: --resume uses the run's own config.toml; give no --config or overrides", file=sys.stderr)
+            return 2
+        return _train(None, args.resume)
     if args.command == "compare" and len(args.targets) == 1 and "=" not in args.targets[0] and args.config is None:
         return _compare(args.targets[0])
     if args.command == "compare":
@@ -133,24 +142,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _compare(str(sweep_dir(config)))
 
+    if config.engine.name == "flower":
+        return _train_flower(config)
+    return _train(config, None)
+
+
+def _train(config: Config | None, resume_dir: str | None) -> int:
+    """`firm train`: a new run of `config`, or (`resume_dir`) the continuation of an interrupted one."""
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from firm.checkpoint import CheckpointError
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
     from firm.policy import PolicyError
+    from firm.robust import RoundFailed
     from firm.rundir import RunDirError
-    from firm.train import run
+    from firm.train import resume, run
 
-    if config.engine.name == "flower":
-        return _train_flower(config)
+    if config is not None and not config.output.name:  # name the run now, so an interruption can say where it is
+        name = f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not (Path(config.output.dir) / name).exists():
+            config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=name))
+    where = resume_dir or (str(Path(config.output.dir) / config.output.name) if config is not None and config.output.name else None)
     try:
-        result = run(config)
-    except (PromptFileError, RunDirError, PolicyError) as err:
+        result = resume(resume_dir) if resume_dir is not None else run(config)  # type: ignore[arg-type]
+    except (PromptFileError, RunDirError, PolicyError, CheckpointError, ConfigError) as err:
         print(f"firm: error: {err}", file=sys.stderr)
         return 2
-    except ObjectiveError as err:
+    except (ObjectiveError, RoundFailed) as err:
         print(f"firm: error: {err}", file=sys.stderr)
+        if where:
+            print(f"firm: completed rounds are checkpointed; fix the cause and run `firm train --resume {where}`", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("firm: interrupted; completed rounds and checkpoints are in the run directory", file=sys.stderr)
+        hint = f"; continue with `firm train --resume {where}`" if where else ""
+        print(f"firm: interrupted; completed rounds are checkpointed{hint}", file=sys.stderr)
         return 130
     from firm.report import report_table
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from firm.codec import Adapter
 from firm.config import Config, config_to_toml
 
 
@@ -84,6 +85,32 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 class RunDir:
     """Creates and fills one run directory."""
 
+    @classmethod
+    def reopen(cls, path: Path, keep_rounds: int) -> tuple[RunDir, list[dict[str, Any]]]:
+        """An existing run directory to resume: metrics.jsonl is cut back to rounds <= keep_rounds (atomically).
+
+        Returns the directory and the rows kept. Rows after the checkpoint (a crash between the
+        metrics append and the checkpoint) are dropped, so the resumed rounds write them once.
+        """
+        self = cls.__new__(cls)
+        self.path = path
+        self.metrics_path = path / "metrics.jsonl"
+        rows: list[dict[str, Any]] = []
+        if self.metrics_path.exists():
+            for lineno, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a row cut short by the crash: only the last can be
+                    raise RunDirError(f"{self.metrics_path}:{lineno}: not a JSON row") from None
+                if row.get("round", 0) <= keep_rounds:
+                    rows.append(row)
+        if [r["round"] for r in rows] != list(range(1, keep_rounds + 1)):
+            raise RunDirError(f"{self.metrics_path}: rounds {[r['round'] for r in rows]} do not match the checkpoint's 1..{keep_rounds}")
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        return self, rows
+
     def __init__(self, config: Config, version: str) -> None:
         out = config.output
         name = out.name or f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -117,12 +144,13 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def write_checkpoint(self, round_idx: int, save_adapter: Callable[[Path], None], state: dict[str, Any]) -> Path:
-        """checkpoints/round_NNNN/ = PEFT adapter + state.json, built in a temp dir then renamed."""
+    def write_checkpoint(self, round_idx: int, save_adapter: Callable[[Path], None], global_adapter: Adapter, state: dict[str, Any]) -> Path:
+        """checkpoints/round_NNNN/ (firm.checkpoint), built in a temp dir then renamed: never half written."""
+        from firm.checkpoint import write_state
 
         def fill(directory: Path) -> None:
             save_adapter(directory)
-            (directory / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+            write_state(directory, global_adapter, state)
 
         return replace_dir_atomic(self.path / "checkpoints" / f"round_{round_idx:04d}", fill)
 

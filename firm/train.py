@@ -7,6 +7,8 @@ checkpoint -> final adapter and summary. `firm train` is this function behind th
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,18 +17,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from firm import __version__
+from firm import __version__, checkpoint
 from firm.aggregation import weights_drift
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
 from firm.codec import Adapter, encode
-from firm.config import REFERENCES, Config, LoraConfig, ModelConfig, validate
+from firm.config import REFERENCES, Config, LoraConfig, ModelConfig, load_config, validate
 from firm.data import FederatedPrompts, Prompt, federated_prompts
 from firm.engines.inprocess import InProcessEngine, RoundOutcome
 from firm.evaluation import base_vs_final_samples, evaluate
 from firm.objectives import Objective, resolve_objective
 from firm.policy import Policy, build_policy
-from firm.rundir import RunDir
+from firm.robust import RoundFailed
+from firm.rundir import RunDir, RunDirError
 
 NUM_SAMPLES = 4
 """Held-out prompts whose base and final completions go into samples.jsonl and the report."""
@@ -97,6 +100,7 @@ def run(
     prompts: FederatedPrompts | None = None,
     communicate: bool = True,
     engine: EngineFactory | None = None,
+    resume_from: Path | None = None,
 ) -> RunResult:
     """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs.
 
@@ -106,6 +110,7 @@ def run(
     `communicate=False` counts no bytes: both are for the non-federated references (firm.references).
     `engine` builds the engine that runs the clients' side of each round (the Flower ServerApp
     passes one that sends the round to SuperNodes); everything else in the run is the same.
+    `resume_from` continues the run directory from its latest checkpoint (see `resume`).
     """
     if config.algorithm.name in REFERENCES:
         from firm import references
@@ -121,14 +126,28 @@ def run(
     policy = _policy(config, reuse_model)
     algorithm = ALGORITHMS[config.algorithm.name](config)
     rounds = (engine or _inprocess)(policy, algorithm, objectives, prompts, config, communicate)
-    run_dir = RunDir(config, __version__)
+    global_adapter = policy.get_adapter()
+    first_round, ckpt = 1, None
+    metrics: list[dict[str, Any]] = []
+    if resume_from is None:
+        run_dir = RunDir(config, __version__)
+    else:
+        if (resume_from / "checkpoints").is_dir() and any((resume_from / "checkpoints").glob("round_*")):
+            ckpt = checkpoint.load(checkpoint.latest(resume_from))
+            checkpoint.check_matches(ckpt, global_adapter, algorithm.name, fed.seed, fed.rounds)
+        # No checkpoint yet (stopped during round 1): start over in the same directory.
+        run_dir, metrics = RunDir.reopen(resume_from, ckpt.round if ckpt else 0)
+        if ckpt is not None:
+            first_round, global_adapter = ckpt.round + 1, ckpt.global_adapter
+            policy.set_adapter(global_adapter)
+            rounds.client_states.update({int(k): v for k, v in ckpt.state.get("client_states", {}).items()})
+            if hasattr(algorithm, "server_state"):
+                algorithm.server_state.update(ckpt.state.get("server_state", {}))
 
     def run_eval() -> tuple[dict[str, float], float]:
         ro = config.rollout
         return evaluate(policy, objectives, prompts.eval, ev.samples_per_prompt, ro.max_new_tokens, ro.temperature, fed.seed)
 
-    global_adapter = policy.get_adapter()
-    metrics: list[dict[str, Any]] = []
     summary: dict[str, Any] = {
         "firm_version": __version__,
         "algorithm": config.algorithm.name,
@@ -140,14 +159,43 @@ def run(
         "adapter_bytes": len(encode(global_adapter)),
         "status": "running",
     }
-    progress = _progress(config)
+    if ckpt is not None:
+        summary["resumed_from_round"] = ckpt.round
+
+    def save_checkpoint(round_idx: int, adapter: Adapter, client_states: dict[int, dict[str, Any]]) -> None:
+        state = {
+            "round": round_idx,
+            "algorithm": algorithm.name,
+            "seed": fed.seed,
+            "initial_eval": summary["initial_eval"],
+            "initial_kl": summary["initial_kl"],
+            "client_states": {str(k): v for k, v in client_states.items()},
+            "server_state": getattr(algorithm, "server_state", {}),
+        }
+        run_dir.write_checkpoint(round_idx, partial(_save, policy, adapter), adapter, state)
+
+    progress = _progress(config, done=len(metrics) * fed.clients_per_round)
+    last_saved = first_round - 1
+    client_states = copy.deepcopy(rounds.client_states)  # as of the last completed round
     try:
-        initial_eval, initial_kl = run_eval()
+        if ckpt is not None and ckpt.state.get("initial_eval") is not None:
+            initial_eval, initial_kl = ckpt.state["initial_eval"], ckpt.state["initial_kl"]
+        else:
+            initial_eval, initial_kl = run_eval()
         summary.update(initial_eval=initial_eval, initial_kl=initial_kl)
-        for round_idx in range(1, fed.rounds + 1):
+        for round_idx in range(first_round, fed.rounds + 1):
             progress.set_description(f"round {round_idx}/{fed.rounds}")
             round_start = time.perf_counter()
-            outcome = rounds.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
+            for attempt in range(1, fed.round_retries + 2):
+                try:
+                    outcome = rounds.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
+                    break
+                except RoundFailed as err:
+                    rounds.client_states.clear()  # the failed attempt's client states are not kept
+                    rounds.client_states.update(copy.deepcopy(client_states))
+                    if attempt > fed.round_retries:
+                        raise
+                    print(f"firm: {err}; retrying the round ({attempt} of {fed.round_retries})", file=sys.stderr)
             global_adapter = outcome.global_adapter
             eval_rewards: dict[str, float] | None = None
             kl: float | None = None
@@ -168,20 +216,17 @@ def run(
                 "drift": {"weights": weights_drift(weight_rows) if weight_rows else 0.0, "updates": outcome.drift_updates},
                 "server": outcome.server,
                 "dropped": {str(c): why for c, why in outcome.dropped.items()},
+                "attempts": attempt,
                 "comm": {"upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes},
                 "time_s": times,
                 "local": {str(c): s for c, s in outcome.steps.items()},
             }
             run_dir.append_metrics(row)
             metrics.append(row)
+            client_states = copy.deepcopy(rounds.client_states)
             if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
-                state = {
-                    "round": round_idx,
-                    "algorithm": algorithm.name,
-                    "seed": fed.seed,
-                    "client_states": {str(k): v for k, v in rounds.client_states.items()},
-                }
-                run_dir.write_checkpoint(round_idx, partial(_save, policy, global_adapter), state)
+                save_checkpoint(round_idx, global_adapter, client_states)
+                last_saved = round_idx
             if eval_rewards is not None:
                 progress.set_postfix({k[:12]: f"{v:.3f}" for k, v in eval_rewards.items()})
         final_dir = run_dir.write_final_adapter(partial(_save, policy, global_adapter))
@@ -203,7 +248,15 @@ def run(
             final_adapter=str(final_dir),
         )
     except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}", rounds_completed=len(metrics))
+        completed = metrics[-1]["round"] if metrics else 0
+        if completed > last_saved and "initial_eval" in summary:
+            # Ctrl-C or a failed round between checkpoints: keep the last completed round resumable
+            try:
+                save_checkpoint(completed, global_adapter, client_states)
+            except Exception as save_err:  # never hide the error that ended the run
+                print(f"firm: could not write the checkpoint of round {completed}: {save_err}", file=sys.stderr)
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        summary.update(status=status, error=f"{type(err).__name__}: {err}", rounds_completed=completed)
         raise
     finally:
         progress.close()
@@ -239,8 +292,33 @@ def _save(policy: Policy, adapter: Adapter, directory: Path) -> None:
     policy.save_adapter(adapter, directory)
 
 
-def _progress(config: Config) -> Any:
+def _progress(config: Config, done: int = 0) -> Any:
     from tqdm.auto import tqdm
 
     fed = config.federation
-    return tqdm(total=fed.rounds * fed.clients_per_round, unit="client", disable=not config.output.progress, dynamic_ncols=True)
+    return tqdm(
+        total=fed.rounds * fed.clients_per_round, initial=done, unit="client", disable=not config.output.progress, dynamic_ncols=True
+    )
+
+
+def resume(run_dir: str | Path) -> RunResult:
+    """Continue a run directory from its latest checkpoint, with the config it was started with.
+
+    Raises RunDirError if the run already completed or its files are unusable, CheckpointError if
+    the checkpoint is unreadable or does not match the config (the message says what differs).
+    """
+    path = Path(run_dir)
+    if not (path / "config.toml").is_file():
+        raise RunDirError(f"{path}: not a run directory (no config.toml)")
+    summary_path = path / "summary.json"
+    if summary_path.is_file():
+        try:
+            status = json.loads(summary_path.read_text(encoding="utf-8")).get("status")
+        except json.JSONDecodeError:
+            status = None
+        if status == "completed":
+            raise RunDirError(f"{path}: the run already completed; nothing to resume")
+    config = load_config(path / "config.toml")
+    if config.engine.name != "inprocess":
+        raise RunDirError(f"{path}: resuming is supported for the in-process engine; this run used engine {config.engine.name!r}")
+    return run(config, resume_from=path)
