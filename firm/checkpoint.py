@@ -62,7 +62,9 @@ def write_state(directory: Path, global_adapter: Adapter, state: dict[str, Any])
     """global.safetensors, state.safetensors and state.json into a checkpoint directory being built."""
     tensors: dict[str, torch.Tensor] = {}
     packed = pack(state, tensors)
-    safetensors.torch.save_file({n: t.detach().to("cpu").contiguous() for n, t in global_adapter.items()}, directory / "global.safetensors")
+    safetensors.torch.save_file(
+        {n: t.detach().to("cpu").contiguous() for n, t in global_adapter.items()}, directory / "global.safetensors"
+    )
     safetensors.torch.save_file(tensors, directory / "state.safetensors")
     (directory / "state.json").write_text(json.dumps(packed, indent=2), encoding="utf-8")
 
@@ -80,7 +82,11 @@ class Checkpoint:
 def latest(run_dir: Path) -> Path:
     """The newest checkpoint directory of a run (temp dirs of an interrupted write are ignored)."""
     root = run_dir / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in root.glob("round_*") if (m := ROUND_DIR.match(p.name)) and p.is_dir()) if root.is_dir() else []
+    found = (
+        sorted((int(m.group(1)), p) for p in root.glob("round_*") if (m := ROUND_DIR.match(p.name)) and p.is_dir())
+        if root.is_dir()
+        else []
+    )
     if not found:
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from (checkpoints/round_NNNN/ is written after each round)")
     return found[-1][1]
@@ -115,7 +121,9 @@ def check_matches(ckpt: Checkpoint, reference: Adapter, algorithm: str, seed: in
     """CheckpointError unless the checkpoint belongs to this run: algorithm, seed, round range, adapter layout."""
     where = ckpt.path
     if ckpt.state.get("algorithm") != algorithm:
-        raise CheckpointError(f"{where}: written by algorithm {ckpt.state.get('algorithm')!r}, but the run's config says {algorithm!r}")
+        raise CheckpointError(
+            f"{where}: written by algorithm {ckpt.state.get('algorithm')!r}, but the run's config says {algorithm!r}"
+        )
     if ckpt.state.get("seed") != seed:
         raise CheckpointError(f"{where}: written with seed {ckpt.state.get('seed')}, but the run's config says {seed}")
     if not 1 <= ckpt.round <= rounds:

@@ -165,7 +165,9 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
         name = f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if not (Path(config.output.dir) / name).exists():
             config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=name))
-    where = resume_dir or (str(Path(config.output.dir) / config.output.name) if config is not None and config.output.name else None)
+    where = resume_dir or (
+        str(Path(config.output.dir) / config.output.name) if config is not None and config.output.name else None
+    )
     try:
         result = resume(resume_dir) if resume_dir is not None else run(config)  # type: ignore[arg-type]
     except (PromptFileError, RunDirError, PolicyError, CheckpointError, ConfigError) as err:
@@ -174,7 +176,9 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
     except (ObjectiveError, RoundFailed) as err:
         print(f"firm: error: {err}", file=sys.stderr)
         if where:
-            print(f"firm: completed rounds are checkpointed; fix the cause and run `firm train --resume {where}`", file=sys.stderr)
+            print(
+                f"firm: completed rounds are checkpointed; fix the cause and run `firm train --resume {where}`", file=sys.stderr
+            )
         return 1
     except KeyboardInterrupt:
         hint = f"; continue with `firm train --resume {where}`" if where else ""

@@ -67,7 +67,9 @@ class Candidate:
     weight: float
 
 
-def screen(candidates: Sequence[Candidate], reference: Adapter, expected: int, max_norm_ratio: float) -> tuple[list[Candidate], dict[int, str]]:
+def screen(
+    candidates: Sequence[Candidate], reference: Adapter, expected: int, max_norm_ratio: float
+) -> tuple[list[Candidate], dict[int, str]]:
     """The candidates that pass `check_update` and the norm screen, and the reasons for the others."""
     rejected: dict[int, str] = {}
     passed: list[Candidate] = []

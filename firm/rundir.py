@@ -107,7 +107,9 @@ class RunDir:
                 if row.get("round", 0) <= keep_rounds:
                     rows.append(row)
         if [r["round"] for r in rows] != list(range(1, keep_rounds + 1)):
-            raise RunDirError(f"{self.metrics_path}: rounds {[r['round'] for r in rows]} do not match the checkpoint's 1..{keep_rounds}")
+            raise RunDirError(
+                f"{self.metrics_path}: rounds {[r['round'] for r in rows]} do not match the checkpoint's 1..{keep_rounds}"
+            )
         write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return self, rows
 
@@ -144,7 +146,9 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def write_checkpoint(self, round_idx: int, save_adapter: Callable[[Path], None], global_adapter: Adapter, state: dict[str, Any]) -> Path:
+    def write_checkpoint(
+        self, round_idx: int, save_adapter: Callable[[Path], None], global_adapter: Adapter, state: dict[str, Any]
+    ) -> Path:
         """checkpoints/round_NNNN/ (firm.checkpoint), built in a temp dir then renamed: never half written."""
         from firm.checkpoint import write_state
 

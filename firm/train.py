@@ -297,7 +297,11 @@ def _progress(config: Config, done: int = 0) -> Any:
 
     fed = config.federation
     return tqdm(
-        total=fed.rounds * fed.clients_per_round, initial=done, unit="client", disable=not config.output.progress, dynamic_ncols=True
+        total=fed.rounds * fed.clients_per_round,
+        initial=done,
+        unit="client",
+        disable=not config.output.progress,
+        dynamic_ncols=True,
     )
 
 

@@ -36,7 +36,9 @@ class FedAvg:
     @classmethod
     def from_config(cls, config: Config) -> FedAvg:
         a = config.algorithm
-        return cls(config.objectives.preference_vector, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr, config.aggregation)
+        return cls(
+            config.objectives.preference_vector, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr, config.aggregation
+        )
 
     def client_update(
         self,

@@ -48,7 +48,14 @@ class Firm:
     def from_config(cls, config: Config) -> Firm:
         a = config.algorithm
         return cls(
-            config.objectives.preference_vector, a.reg, a.local_steps, a.inner_epochs, a.optimizer, a.lr, a.server_lr, config.aggregation
+            config.objectives.preference_vector,
+            a.reg,
+            a.local_steps,
+            a.inner_epochs,
+            a.optimizer,
+            a.lr,
+            a.server_lr,
+            config.aggregation,
         )
 
     def weights(self, gram: torch.Tensor) -> torch.Tensor:
