@@ -26,11 +26,23 @@ import torch
 
 from firm.aggregation import RunningMean
 from firm.codec import Adapter
-from firm.config import AggregationConfig
+from firm.config import AggregationConfig, Config
 
 
 class RoundFailed(RuntimeError):
     """Fewer clients returned a usable update than `federation.min_clients` demands."""
+
+
+def check_enough(config: Config, round_idx: int, stage: str, client_ids: Sequence[int], dropped: dict[int, str]) -> None:
+    """Raise RoundFailed when fewer than `federation.min_clients` (0 = all sampled) clients are left."""
+    need = config.federation.min_clients or len(client_ids)
+    got = len(client_ids) - len(dropped)
+    if got < need:
+        reasons = "; ".join(f"client {c}: {why}" for c, why in sorted(dropped.items()))
+        raise RoundFailed(
+            f"round {round_idx} ({stage}): {got} of {len(client_ids)} sampled clients returned an update, "
+            f"federation.min_clients needs {need} ({reasons})"
+        )
 
 
 def check_update(uploads: Sequence[Adapter], reference: Adapter, expected: int) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import ClientUpdate, TwoRoundTrips
+from firm.algorithms.protocol import Aggregator, ClientUpdate, TwoRoundTrips
 from firm.client import problem_sampler, sample_clients
 from firm.codec import Adapter, decode, encode
 from firm.config import Config
@@ -25,7 +25,7 @@ from firm.data import Prompt, PromptFileError
 from firm.local_step import LocalProblem, Timer
 from firm.objectives import Objective, ObjectiveError
 from firm.policy import Policy
-from firm.robust import Candidate, RoundFailed, screen
+from firm.robust import Candidate, check_enough, screen
 
 USER_ERRORS = (ObjectiveError, PromptFileError, KeyboardInterrupt)
 """Errors of the user's input or the user's wish: they stop the run instead of dropping a client."""
@@ -170,7 +170,7 @@ class InProcessEngine:
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
         candidates: list[Candidate] = []
-        expected_uploads = 0
+        expected = expected_uploads(self.algorithm, self.config)
         for client_id in client_ids:
             if client_id in dropped:  # failed its probe
                 continue
@@ -197,12 +197,11 @@ class InProcessEngine:
                 payloads = [encode(upload) for upload in update.uploads]
                 upload_bytes += sum(len(p) for p in payloads)
                 uploads = [decode(p) for p in payloads]
-            expected_uploads = expected_uploads or _expected_uploads(self.algorithm, self.config)
             candidate = Candidate(client_id, uploads, float(update.num_samples))
             if max_ratio > 0:  # the norm screen needs the whole round: keep the updates until it ends
                 candidates.append(candidate)
             else:  # stream: memory O(d) whatever the number of clients
-                passed, rejected = screen([candidate], global_adapter, expected_uploads, 0.0)
+                passed, rejected = screen([candidate], global_adapter, expected, 0.0)
                 dropped.update(rejected)
                 for c in passed:
                     with timer.phase("aggregation"):
@@ -210,20 +209,20 @@ class InProcessEngine:
             weights[client_id] = update.mean_weights
             steps[client_id] = update.steps
             self.client_states[client_id] = update.client_state
-        if candidates:
-            with timer.phase("aggregation"):
-                passed, rejected = screen(candidates, global_adapter, expected_uploads, max_ratio)
-                dropped.update(rejected)
-                for c in passed:
-                    aggregator.add(c.uploads, c.weight)
-        for client_id in dropped:  # the logs keep the clients whose update was aggregated
-            weights.pop(client_id, None)
-            steps.pop(client_id, None)
-        check_enough(self.config, round_idx, "train", client_ids, dropped)
-        with timer.phase("aggregation"):
-            new_global = self.algorithm.server_update(global_adapter, aggregator)
-            drift_updates = aggregator.update_drift()
-            server_stats.update(getattr(aggregator, "stats", {}))
+        new_global, drift_updates, stats = close_round(
+            self.config,
+            self.algorithm,
+            global_adapter,
+            aggregator,
+            candidates,
+            round_idx,
+            client_ids,
+            dropped,
+            weights,
+            steps,
+            timer,
+        )
+        server_stats.update(stats)
         self.policy.set_adapter(new_global)
         if not self.communicate:
             upload_bytes = download_bytes = 0
@@ -241,18 +240,40 @@ class InProcessEngine:
         )
 
 
-def _expected_uploads(algorithm: Algorithm, config: Config) -> int:
+def expected_uploads(algorithm: Algorithm, config: Config) -> int:
     """Payloads per client update: one adapter, or one per objective (fmgda)."""
     return config.num_objectives if algorithm.name == "fmgda" else 1
 
 
-def check_enough(config: Config, round_idx: int, stage: str, client_ids: Sequence[int], dropped: dict[int, str]) -> None:
-    """Raise RoundFailed when fewer than `federation.min_clients` (0 = all sampled) clients are left."""
-    need = config.federation.min_clients or len(client_ids)
-    got = len(client_ids) - len(dropped)
-    if got < need:
-        reasons = "; ".join(f"client {c}: {why}" for c, why in sorted(dropped.items()))
-        raise RoundFailed(
-            f"round {round_idx} ({stage}): {got} of {len(client_ids)} sampled clients returned an update, "
-            f"federation.min_clients needs {need} ({reasons})"
+def close_round(
+    config: Config,
+    algorithm: Algorithm,
+    global_adapter: Adapter,
+    aggregator: Aggregator,
+    candidates: Sequence[Candidate],
+    round_idx: int,
+    client_ids: Sequence[int],
+    dropped: dict[int, str],
+    weights: dict[int, list[float]],
+    steps: dict[int, list[dict[str, Any]]],
+    timer: Timer,
+) -> tuple[Adapter, float, dict[str, Any]]:
+    """The server's end of a round, shared by the engines: screen the buffered updates and aggregate
+    those that pass, keep only aggregated clients in the logs, check there are enough (RoundFailed),
+    then the algorithm's server step. Returns the new global adapter, the update drift and the
+    aggregator's stats."""
+    with timer.phase("aggregation"):
+        passed, rejected = screen(
+            candidates, global_adapter, expected_uploads(algorithm, config), config.aggregation.max_norm_ratio
         )
+        dropped.update(rejected)
+        for c in passed:
+            aggregator.add(c.uploads, c.weight)
+    for client_id in dropped:  # the logs keep the clients whose update was aggregated
+        weights.pop(client_id, None)
+        steps.pop(client_id, None)
+    check_enough(config, round_idx, "train", client_ids, dropped)
+    with timer.phase("aggregation"):
+        new_global = algorithm.server_update(global_adapter, aggregator)
+        drift = aggregator.update_drift()
+    return new_global, drift, dict(getattr(aggregator, "stats", {}))

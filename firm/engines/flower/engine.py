@@ -28,11 +28,11 @@ from firm.codec import Adapter
 from firm.config import Config
 from firm.data import FederatedPrompts
 from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter
-from firm.engines.inprocess import RoundOutcome, check_enough
+from firm.engines.inprocess import RoundOutcome, close_round
 from firm.local_step import Timer
 from firm.objectives import Objective
 from firm.policy import Policy
-from firm.robust import Candidate, RoundFailed, screen
+from firm.robust import Candidate, RoundFailed, check_enough
 
 
 class FlowerEngine:
@@ -143,20 +143,20 @@ class FlowerEngine:
                 timer.totals[phase] = timer.totals.get(phase, 0.0) + seconds
             if on_client_done is not None:
                 on_client_done(client_id)
-        expected = self.config.num_objectives if self.algorithm.name == "fmgda" else 1
-        with timer.phase("aggregation"):
-            passed, rejected = screen(candidates, global_adapter, expected, self.config.aggregation.max_norm_ratio)
-            dropped.update(rejected)
-            for c in passed:
-                aggregator.add(c.uploads, c.weight)
-        for client_id in dropped:
-            weights.pop(client_id, None)
-            steps.pop(client_id, None)
-        check_enough(self.config, round_idx, "train", client_ids, dropped)
-        with timer.phase("aggregation"):
-            new_global = self.algorithm.server_update(global_adapter, aggregator)
-            drift_updates = aggregator.update_drift()
-            server_stats.update(getattr(aggregator, "stats", {}))
+        new_global, drift_updates, stats = close_round(
+            self.config,
+            self.algorithm,
+            global_adapter,
+            aggregator,
+            candidates,
+            round_idx,
+            client_ids,
+            dropped,
+            weights,
+            steps,
+            timer,
+        )
+        server_stats.update(stats)
         self.policy.set_adapter(new_global)
         for client_id, why in dropped.items():
             _say(f"round {round_idx}: client {client_id} dropped: {why}")

@@ -61,13 +61,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (flower-superlink, flwr, ...), else from PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
 
 
-def _env(flwr_home: Path) -> dict[str, str]:
+def flower_env(flwr_home: Path) -> dict[str, str]:
     # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: this environment's first.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", PATH=path)
@@ -80,7 +80,7 @@ def _start(cluster: Cluster, role: str, cmd: list[str], home: Path) -> Process:
     home.mkdir(parents=True, exist_ok=True)
     log = cluster.state_dir / f"{role}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(home), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=flower_env(home), start_new_session=True)
     entry = Process(role, proc.pid, cmd, str(log))
     cluster.processes.append(entry)
     _save(cluster)
@@ -132,7 +132,7 @@ def up(
     state.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(state, superlink)
     host, _, port = superlink.rpartition(":")
-    link_cmd = [_bin("flower-superlink"), "--host", host, "--port", port, "--disable-runtime-dependency-installation"]
+    link_cmd = [console_script("flower-superlink"), "--host", host, "--port", port, "--disable-runtime-dependency-installation"]
     node_tls: list[str] = ["--insecure"]
     if tls is not None:
         certs = Path(tls).absolute()
@@ -157,7 +157,7 @@ def up(
             if i < len(prompt_files) and prompt_files[i]:
                 node_config += f' prompt-file="{Path(prompt_files[i]).absolute()}"'
             node_cmd = [
-                _bin("flower-supernode"), *node_tls, "--superlink", superlink,
+                console_script("flower-supernode"), *node_tls, "--superlink", superlink,
                 "--port", str(runtime_port), "--node-config", node_config,
             ]  # fmt: skip
             if tls is not None:
@@ -188,8 +188,8 @@ def register_nodes(cluster: Cluster, public_keys: Sequence[Path]) -> None:
     with flwr_home_for(cluster.superlink, cluster.root_certificates, None) as home:
         for key in public_keys:
             result = subprocess.run(
-                [_bin("flwr"), "supernode", "register", str(key), "firm"],
-                env=_env(home), capture_output=True, text=True, timeout=60,
+                [console_script("flwr"), "supernode", "register", str(key), "firm"],
+                env=flower_env(home), capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             if result.returncode != 0:
                 raise ClusterError(f"could not register {key}: {(result.stdout + result.stderr).strip()[-400:]}")

@@ -26,7 +26,7 @@ import tomli_w
 
 from firm import __version__
 from firm.config import Config
-from firm.engines.flower.local import _bin, _env
+from firm.engines.flower.local import console_script, flower_env
 from firm.engines.flower.records import config_to_run_config
 
 CONNECTION = "firm"
@@ -101,9 +101,9 @@ def submit(config: Config, *, quiet: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="firm-flower-app-") as app:
         (Path(app) / "pyproject.toml").write_text(app_pyproject(config))
         with flwr_home_for(eng.superlink, eng.root_certificates, eng.flwr_home or None) as home:
-            cmd = [_bin("flwr"), "run", app, CONNECTION, "--stream"]
+            cmd = [console_script("flwr"), "run", app, CONNECTION, "--stream"]
             out = subprocess.DEVNULL if quiet else None
-            env = _env(home)
+            env = flower_env(home)
             env.pop("VIRTUAL_ENV", None)
             result = subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False)
     summary_path = run_dir / "summary.json"
