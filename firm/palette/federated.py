@@ -1,0 +1,57 @@
+"""Federated palette statistics: clients send sums at the server's lambda, never rewards or prompts.
+
+The MAP dual (firm.palette.dual) at a given lambda needs only sums over the reward samples: total
+weight, a log-sum-exp shift, sum of e_i, sum of e_i r_i [M] and sum of e_i r_i r_i^T [M, M] with
+e_i = w_i exp(lambda^T r_i - shift). Sums over clients add up (after rescaling to a common shift),
+so each solver step is one round: the server sends lambda, each client answers with its
+`TiltStats` on its own samples, the server merges them with `merge_stats`. Quantile targets need
+only counts: "how many of your samples have reward m <= t?".
+
+What leaves a client per round: 3 + M + M^2 floats (plus one count per quantile bisection step).
+The `shift` is the client's largest lambda^T r_i: one scalar summary at a direction the server
+chose, which the infeasibility certificate uses; the rewards themselves and the prompts stay put.
+
+With the statistics merged exactly, the federated solve follows the pooled solve's iterates: the
+two lambdas agree to floating-point rounding (tests/test_palette.py checks 1e-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from firm.palette.dual import RewardOracle, TiltStats, merge_stats
+
+FLOAT_BYTES = 8
+
+
+@dataclass
+class Federation:
+    """The server's view of the clients' reward samples: it can only ask for statistics.
+
+    `clients` are the clients' own oracles (`firm.palette.dual.Samples` in process; anything with
+    `stats` and `count_at_most`). `rounds` and `upload_bytes` count what the solve cost.
+    """
+
+    clients: Sequence[RewardOracle]
+    rounds: int = 0
+    upload_bytes: int = 0
+    _per_client: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            raise ValueError("a palette federation needs at least one client with reward samples")
+
+    def stats(self, lam: np.ndarray) -> TiltStats:
+        parts = [client.stats(lam) for client in self.clients]  # one message per client
+        num_values = len(lam)
+        self.rounds += 1
+        self.upload_bytes += len(parts) * FLOAT_BYTES * (3 + num_values + num_values * num_values)
+        return merge_stats(parts)
+
+    def count_at_most(self, value: int, threshold: float) -> float:
+        self.rounds += 1
+        self.upload_bytes += len(self.clients) * FLOAT_BYTES
+        return sum(client.count_at_most(value, threshold) for client in self.clients)
