@@ -68,6 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     fworker.add_argument("--runtime-api-address", default="127.0.0.1:9094", help="the SuperNode's Runtime API (its --port)")
     fworker.add_argument("--root-certificates", default=None, help="CA of the Runtime API's TLS certificate")
+    palette = sub.add_parser(
+        "palette",
+        help="solve MAP value targets on the clients' reference samples: lambda, feasibility, predicted values "
+        "(optionally best-of-n decoding on held-out prompts); no training",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    palette.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+    palette.add_argument(
+        "--targets",
+        help='e.g. "harmlessness=0.9,helpfulness=+0.02,positiveness=q0.7" (absolute, +change over the reference mean, '
+        "or reference quantile); default: palette.targets of the config",
+    )
+    palette.add_argument(
+        "--best-of-n", type=int, default=0, metavar="N", help="also decode the held-out prompts by best-of-N under lambda"
+    )
+    palette.add_argument("--out", metavar="DIR", help="write palette.json and plots here (default runs/palette-<time>)")
+    palette.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. palette.samples_per_prompt=8")
     report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
     report.add_argument("run_dir", metavar="RUN_DIR")
     compare = sub.add_parser(
@@ -118,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _compare(args.targets[0])
     if args.command == "compare":
         args.overrides = args.targets
+    if args.command == "palette" and args.targets is not None:
+        args.overrides = [*args.overrides, f"palette.targets={args.targets}"]
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -128,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return _sweep(config, args.algorithms, args.divisions)
+    if args.command == "palette":
+        return _palette(config, args.best_of_n, args.out)
     if args.command == "compare":
         if not config.output.name:  # name the sweep once, so the comparison finds it
             import dataclasses
@@ -156,6 +178,7 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
     from firm.checkpoint import CheckpointError
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
+    from firm.palette import PaletteInfeasible
     from firm.policy import PolicyError
     from firm.robust import RoundFailed
     from firm.rundir import RunDirError
@@ -172,6 +195,9 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
         result = resume(resume_dir) if resume_dir is not None else run(config)  # type: ignore[arg-type]
     except (PromptFileError, RunDirError, PolicyError, CheckpointError, ConfigError) as err:
         print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    except PaletteInfeasible as err:
+        print(f"firm: error: {err}; nothing was trained (see `firm palette` for the feasible region)", file=sys.stderr)
         return 2
     except (ObjectiveError, RoundFailed) as err:
         print(f"firm: error: {err}", file=sys.stderr)
@@ -217,6 +243,82 @@ def _train_flower(config: Config) -> int:
     print(report_table(run_dir))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _palette(config: Config, best_of_n: int, out: str | None) -> int:
+    """`firm palette`: solve the targets, print the table, optionally decode best-of-n; exit 0 feasible, 1 infeasible."""
+    import json
+    import time
+    from pathlib import Path
+
+    from firm.data import PromptFileError, federated_prompts
+    from firm.objectives import resolve_objective
+    from firm.palette.plots import feasible_region, plot_palette, plot_region
+    from firm.palette.sampling import best_of_n as decode_best_of_n
+    from firm.palette.sampling import solve_federated
+    from firm.policy import PolicyError, build_policy
+    from firm.rundir import write_atomic
+
+    if not config.palette.targets:
+        print("firm: error: no targets: give --targets or palette.targets, e.g. harmlessness=0.9,helpfulness=0.5", file=sys.stderr)
+        return 2
+    if best_of_n < 0:
+        print("firm: error: --best-of-n: must be >= 1 (0 = off)", file=sys.stderr)
+        return 2
+    fed = config.federation
+    try:
+        prompts = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed)
+        policy = build_policy(config.model, config.lora, fed.seed)
+    except (PromptFileError, PolicyError) as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
+    names = list(config.objectives.names)
+    objectives = [(name, resolve_objective(name)) for name in names]
+    solution, federation = solve_federated(policy, objectives, prompts.clients, config)
+    record = solution.to_dict()
+    print(
+        f"palette on {record['clients']} clients, {solution.num_samples:g} reference samples "
+        f"({config.palette.prompts_per_client or 'all'} prompts x {config.palette.samples_per_prompt} per client); "
+        f"{federation.rounds} rounds of statistics, {federation.upload_bytes:,} bytes uploaded"
+    )
+    print(f"{'value':<16s}{'target':>10s}{'reference':>11s}{'predicted':>11s}{'lambda':>11s}{'preference':>12s}")
+    for m, name in enumerate(names):
+        c = solution.targets[m]
+        target = f"{c:10.4f}" if c > float("-inf") else f"{'-':>10s}"
+        print(
+            f"{name:<16s}{target}{solution.reference_mean[m]:11.4f}{solution.predicted[m]:11.4f}"
+            f"{solution.lam[m]:11.4g}{solution.preference[m]:12.3f}"
+        )
+    print(f"feasible: {'yes' if solution.feasible else 'NO'}: {solution.reason}")
+    if solution.feasible:
+        print(f"KL(tilted || reference) = {solution.kl:.4f} nats; train with: firm train palette.targets={config.palette.targets!r}")
+    decoding = None
+    if best_of_n:
+        if not solution.feasible or solution.met_by_reference:
+            print("best-of-n: skipped (needs a feasible palette with lambda != 0)")
+        else:
+            result = decode_best_of_n(policy, objectives, prompts.eval, solution.lam, best_of_n, config)
+            decoding = result.to_dict(names)
+            record["decoding"] = decoding
+            print(f"decoding {result.num_prompts} held-out prompts x {best_of_n} reference samples:")
+            print(f"{'value':<16s}{'target':>10s}{'reference':>11s}{'best-of-n':>11s}{'tilted':>11s}")
+            for m, name in enumerate(names):
+                c = solution.targets[m]
+                target = f"{c:10.4f}" if c > float("-inf") else f"{'-':>10s}"
+                print(f"{name:<16s}{target}{result.reference[m]:11.4f}{result.best_of_n[m]:11.4f}{result.tilted[m]:11.4f}")
+    out_dir = Path(out) if out else Path(config.output.dir) / f"palette-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(names) == 2:
+        record["region"] = feasible_region(federation, names)
+    record["objectives"] = names
+    write_atomic(out_dir / "palette.json", json.dumps(record, indent=2) + "\n")
+    figures = {"palette": plot_palette(record, decoding=decoding)}
+    if "region" in record:
+        figures["palette_region"] = plot_region(record["region"], record)
+    for name, fig in figures.items():
+        fig.savefig(out_dir / f"{name}.png", dpi=100, metadata={"Software": None})
+    print(f"written: {out_dir / 'palette.json'}, " + ", ".join(str(out_dir / f"{n}.png") for n in figures))
+    return 0 if solution.feasible else 1
 
 
 def _flower(args: argparse.Namespace) -> int:

@@ -199,6 +199,16 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class PaletteConfig:
+    targets: str = ""
+    """MAP value targets, e.g. "harmlessness=0.9,helpfulness=+0.02" (absolute, +change over the reference mean, or q<quantile> of the reference); the solved lambda becomes objectives.preference = lambda / sum(lambda). Empty = off."""
+    prompts_per_client: int = 16
+    """Prompts per client whose reference completions are scored for the palette solve (0 = all of the client's prompts)."""
+    samples_per_prompt: int = 4
+    """Reference completions per prompt for the palette solve."""
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -211,6 +221,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    palette: PaletteConfig = field(default_factory=PaletteConfig)
 
     @property
     def num_objectives(self) -> int:
@@ -410,6 +421,7 @@ def validate(config: Config) -> None:
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    _validate_palette(config)
     if config.rollout.samples_per_prompt < 2:
         raise ConfigError("rollout.samples_per_prompt: must be >= 2 (group-relative advantages need a group)")
     if not config.lora.target_modules:
@@ -426,6 +438,29 @@ def validate(config: Config) -> None:
             except KeyError as err:
                 raise ConfigError(f"objectives.names[{i}]: {err.args[0]}") from None
     _validate_data(config)
+
+
+def _validate_palette(config: Config) -> None:
+    pal = config.palette
+    if pal.prompts_per_client < 0:
+        raise ConfigError(f"palette.prompts_per_client: must be >= 0 (0 = all), got {pal.prompts_per_client}")
+    if pal.samples_per_prompt < 1:
+        raise ConfigError(f"palette.samples_per_prompt: must be >= 1, got {pal.samples_per_prompt}")
+    if not pal.targets:
+        return
+    from firm.palette.dual import parse_targets
+
+    try:
+        parse_targets(pal.targets, config.objectives.names)
+    except ValueError as err:
+        raise ConfigError(f"palette.targets: {err}") from None
+    if config.engine.name != "inprocess":
+        raise ConfigError(
+            "palette.targets: the palette solve runs on the in-process engine only for now; on Flower, "
+            "solve it with `firm palette` and pass the printed preference as objectives.preference"
+        )
+    if config.algorithm.name in REFERENCES:
+        raise ConfigError(f"palette.targets: not supported for the reference {config.algorithm.name!r}")
 
 
 def _validate_address(key: str, address: str) -> None:

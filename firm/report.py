@@ -68,6 +68,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     config_text: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    palette: dict[str, Any] | None = None  # palette.json, when the run trained toward MAP targets
 
     @property
     def objectives(self) -> list[str]:
@@ -217,7 +218,14 @@ def load_run(run_dir: Path | str) -> Run:
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
     samples_path = path / "samples.jsonl"
     samples = _read_jsonl(samples_path) if samples_path.is_file() else []
-    return Run(path=path, metrics=metrics, summary=summary, config_text=config_text, samples=samples)
+    palette = None
+    palette_path = path / "palette.json"
+    if palette_path.is_file():
+        try:
+            palette = json.loads(palette_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{palette_path}: line {err.lineno} is not valid JSON ({err.msg})") from None
+    return Run(path=path, metrics=metrics, summary=summary, config_text=config_text, samples=samples, palette=palette)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,13 +486,27 @@ PLOTS = {
 }
 
 
+def _palette_figures(run: Run) -> dict[str, Figure]:
+    """The palette's bars (target, reference, predicted, achieved = final eval) and, for M = 2, its region."""
+    from firm.palette.plots import plot_palette, plot_region
+
+    if run.palette is None:
+        return {}
+    achieved = run.final_eval or None
+    figures = {"palette": plot_palette(run.palette, achieved=achieved)}
+    if run.palette.get("region"):
+        figures["palette_region"] = plot_region(run.palette["region"], run.palette, achieved=achieved)
+    return figures
+
+
 def _render(run: Run) -> dict[str, bytes]:
-    """name -> PNG bytes, one per entry of PLOTS, written to run_dir/plots/<name>.png."""
+    """name -> PNG bytes, one per entry of PLOTS (and the palette's), written to run_dir/plots/<name>.png."""
     out_dir = run.path / "plots"
     out_dir.mkdir(exist_ok=True)
+    figures = {name: plot(run) for name, plot in PLOTS.items()} | _palette_figures(run)
     pngs = {}
-    for name, plot in PLOTS.items():
-        pngs[name] = _png(plot(run))
+    for name, fig in figures.items():
+        pngs[name] = _png(fig)
         write_atomic(out_dir / f"{name}.png", pngs[name])
     return pngs
 
@@ -498,8 +520,7 @@ def _png(fig: Figure) -> bytes:
 def write_plots(run_dir: Path | str) -> list[Path]:
     """Draw every plot of the run into run_dir/plots/ and return the PNG paths."""
     run = load_run(run_dir)
-    _render(run)
-    return [run.path / "plots" / f"{name}.png" for name in PLOTS]
+    return [run.path / "plots" / f"{name}.png" for name in _render(run)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,6 +567,15 @@ def report_table(run_dir: Path | str) -> str:
     lines.insert(1, "-" * len(lines[0]))
     up, down = run.total_bytes
     lines.append(f"bytes sent over {len(run.metrics)} rounds: {_fmt_bytes(up)} up, {_fmt_bytes(down)} down")
+    if run.palette is not None:
+        targets = {n: v for n, v in run.palette["targets"].items() if v is not None}
+        lines.append("palette targets vs achieved, per evaluated round (round 0 = base):")
+        for rnd, gaps in palette_rows(run):
+            cells = [
+                f"{n} {t + g:.4f} {'met' if g >= 0 else f'({g:+.4f})'}" if g is not None else f"{n} n/a"
+                for (n, t), g in zip(targets.items(), gaps.values(), strict=True)
+            ]
+            lines.append(f"  round {rnd}: " + ", ".join(cells))
     return "\n".join(lines)
 
 
@@ -573,6 +603,8 @@ CAPTIONS = {
     "drift": "Client disagreement: spread of the clients' weights (L1) and of their updates (relative squared).",
     "comm": "Bytes of the encoded payloads per round over all clients, and the running total uploaded.",
     "train_rewards": "Mean reward of the clients' training rollouts per round and objective.",
+    "palette": "MAP palette: the reference's mean, the targets, the tilted reference's predicted values and the final adapter's held-out values.",
+    "palette_region": "Targets the reference's samples can reach (coloured by the KL the tilt needs), with the palette's points.",
 }
 
 
@@ -634,6 +666,9 @@ def _html(run: Run, pngs: dict[str, bytes]) -> str:
             facts.append((label, f"{s[key]:,}" if isinstance(s[key], int) else str(s[key])))
     parts.append("<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts) + "</table>")
 
+    if run.palette is not None:
+        parts.extend(_palette_html(run))
+
     parts.append("<h2>Plots</h2>")
     for name, data in pngs.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -661,6 +696,44 @@ def _html(run: Run, pngs: dict[str, bytes]) -> str:
     parts.append(f"<pre>{_esc(run.config_text) if run.config_text is not None else '(no config.toml)'}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def palette_rows(run: Run) -> list[tuple[int, dict[str, float | None]]]:
+    """Per evaluated round (0 = base), achieved - target for every constrained value (>= 0: met)."""
+    assert run.palette is not None
+    targets = {n: v for n, v in run.palette["targets"].items() if v is not None}
+    evals = [(0, run.base_eval)] + [(int(r["round"]), r["eval"]) for r in run.metrics if r.get("eval")]
+    return [(rnd, {n: (_num(ev[n]) - t if n in ev else None) for n, t in targets.items()}) for rnd, ev in evals]
+
+
+def _palette_html(run: Run) -> list[str]:
+    pal = run.palette
+    assert pal is not None
+    targets = {n: v for n, v in pal["targets"].items() if v is not None}
+    lam = ", ".join(f"{n} {v:.4g}" for n, v in pal["lambda"].items())
+    pref = ", ".join(f"{n} {v:.3f}" for n, v in pal["preference"].items() if v is not None)
+    parts = [
+        "<h2>Palette: targets vs achieved</h2>",
+        f"<p>Targets <code>{_esc(', '.join(pal['spec']))}</code>: {_esc(pal['reason'])}. "
+        f"λ = ({_esc(lam)}); trained with preference ({_esc(pref or 'objectives.preference')}); "
+        f"KL of the tilted reference {pal['kl']:.4f} nats. Solved from {pal.get('clients', '?')} clients' statistics "
+        f"({pal['num_samples']:g} reference samples, {pal.get('stat_rounds', '?')} rounds).</p>",
+        "<table><tr><th>round</th>"
+        + "".join(f"<th>{_esc(n)} (target {t:.4f})</th>" for n, t in targets.items())
+        + "</tr>",
+    ]
+    for rnd, gaps in palette_rows(run):
+        cells = []
+        for n, t in targets.items():
+            gap = gaps[n]
+            if gap is None:
+                cells.append("<td>n/a</td>")
+                continue
+            cls = "up" if gap >= 0 else "down"
+            cells.append(f'<td class="num {cls}">{t + gap:.4f} ({"met" if gap >= 0 else f"{gap:+.4f}"})</td>')
+        parts.append(f"<tr><td>{rnd}</td>{''.join(cells)}</tr>")
+    parts.append("</table>")
+    return parts
 
 
 def write_report(run_dir: Path | str) -> Path:

@@ -165,5 +165,8 @@ class RunDir:
         """A whole JSONL file (e.g. samples.jsonl), written atomically."""
         write_atomic(self.path / name, "".join(json.dumps(row) + "\n" for row in rows))
 
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        write_atomic(self.path / name, json.dumps(data, indent=2) + "\n")
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

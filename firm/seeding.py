@@ -16,6 +16,7 @@ PROMPT_BATCH = 2
 ROLLOUT = 3
 EVAL = 4
 PARTITION = 5
+PALETTE = 6
 
 
 def derive_seed(*keys: int) -> int:

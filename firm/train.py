@@ -124,6 +124,9 @@ def run(
     if prompts is None:
         prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
     policy = _policy(config, reuse_model)
+    palette: dict[str, Any] | None = None
+    if config.palette.targets:  # MAP targets -> the preference every algorithm trains with
+        palette, config = _palette(config, policy, objectives, prompts)
     algorithm = ALGORITHMS[config.algorithm.name](config)
     rounds = (engine or _inprocess)(policy, algorithm, objectives, prompts, config, communicate)
     global_adapter = policy.get_adapter()
@@ -161,6 +164,9 @@ def run(
     }
     if ckpt is not None:
         summary["resumed_from_round"] = ckpt.round
+    if palette is not None:
+        summary["palette"] = {k: v for k, v in palette.items() if k != "region"}
+        run_dir.write_json("palette.json", palette)
 
     def save_checkpoint(round_idx: int, adapter: Adapter, client_states: dict[int, dict[str, Any]]) -> None:
         state = {
@@ -267,6 +273,34 @@ def run(
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
     report = _write_report(run_dir.path)
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
+
+
+def _palette(
+    config: Config, policy: Policy, objectives: Sequence[tuple[str, Objective]], prompts: FederatedPrompts
+) -> tuple[dict[str, Any], Config]:
+    """Solve `palette.targets` from the clients' reference samples; return palette.json's content and the config
+    with objectives.preference = lambda / sum(lambda). Raises PaletteInfeasible before any training."""
+    import dataclasses
+
+    from firm.palette import PaletteInfeasible
+    from firm.palette.plots import feasible_region
+    from firm.palette.sampling import solve_federated
+
+    solution, federation = solve_federated(policy, objectives, prompts.clients, config)
+    if not solution.feasible:
+        raise PaletteInfeasible(f"palette.targets {config.palette.targets!r}: {solution.reason}")
+    record = solution.to_dict()
+    if len(solution.names) == 2:
+        record["region"] = feasible_region(federation, solution.names)
+    if solution.met_by_reference:
+        record["note"] = "the reference already meets every target; training keeps objectives.preference"
+        return record, config
+    preference = tuple(float(v) for v in solution.preference)
+    if config.output.progress:
+        shown = ", ".join(f"{n} {v:.3f}" for n, v in zip(solution.names, preference, strict=True))
+        print(f"palette: feasible, KL {solution.kl:.4f}; training with preference {shown}", file=sys.stderr)
+    objectives_cfg = dataclasses.replace(config.objectives, preference=preference)
+    return record, dataclasses.replace(config, objectives=objectives_cfg)
 
 
 def _sample_prompts(held_out: Sequence[Prompt]) -> list[Prompt]:

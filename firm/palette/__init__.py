@@ -6,6 +6,7 @@ statistics; `sampling` draws reward samples from the reference model and runs be
 """
 
 from firm.palette.dual import (
+    PaletteInfeasible,
     PaletteSolution,
     RewardOracle,
     Samples,
@@ -21,6 +22,7 @@ from firm.palette.federated import Federation
 
 __all__ = [
     "Federation",
+    "PaletteInfeasible",
     "PaletteSolution",
     "RewardOracle",
     "Samples",

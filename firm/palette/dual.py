@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from scipy.optimize import minimize
@@ -53,6 +53,10 @@ DEFAULT_TOL = 1e-9
 
 FEASIBILITY_TOL = 1e-6
 """A target counts as met when E_q[r_m] >= c_m - FEASIBILITY_TOL * std_m."""
+
+
+class PaletteInfeasible(ValueError):
+    """The targets cannot be met by reweighting the reference's samples; raised before any training."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +276,7 @@ class PaletteSolution:
     num_samples: float
     queries: int  # oracle calls (federated: rounds of statistics from the clients)
     projected_gradient: float  # max |projected grad| at the end, in std units
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def met_by_reference(self) -> bool:
@@ -285,7 +289,7 @@ class PaletteSolution:
         total = float(self.lam.sum())
         return self.lam / total if total > 0 else np.full_like(self.lam, np.nan)
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready: name-keyed dicts of floats (unconstrained targets as null)."""
 
         def named(v: np.ndarray) -> dict[str, float | None]:
