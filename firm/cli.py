@@ -260,7 +260,9 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
     from firm.rundir import write_atomic
 
     if not config.palette.targets:
-        print("firm: error: no targets: give --targets or palette.targets, e.g. harmlessness=0.9,helpfulness=0.5", file=sys.stderr)
+        print(
+            "firm: error: no targets: give --targets or palette.targets, e.g. harmlessness=0.9,helpfulness=0.5", file=sys.stderr
+        )
         return 2
     if best_of_n < 0:
         print("firm: error: --best-of-n: must be >= 1 (0 = off)", file=sys.stderr)
@@ -291,7 +293,9 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
         )
     print(f"feasible: {'yes' if solution.feasible else 'NO'}: {solution.reason}")
     if solution.feasible:
-        print(f"KL(tilted || reference) = {solution.kl:.4f} nats; train with: firm train palette.targets={config.palette.targets!r}")
+        print(
+            f"KL(tilted || reference) = {solution.kl:.4f} nats; train with: firm train palette.targets={config.palette.targets!r}"
+        )
     decoding = None
     if best_of_n:
         if not solution.feasible or solution.met_by_reference:

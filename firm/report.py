@@ -718,9 +718,7 @@ def _palette_html(run: Run) -> list[str]:
         f"λ = ({_esc(lam)}); trained with preference ({_esc(pref or 'objectives.preference')}); "
         f"KL of the tilted reference {pal['kl']:.4f} nats. Solved from {pal.get('clients', '?')} clients' statistics "
         f"({pal['num_samples']:g} reference samples, {pal.get('stat_rounds', '?')} rounds).</p>",
-        "<table><tr><th>round</th>"
-        + "".join(f"<th>{_esc(n)} (target {t:.4f})</th>" for n, t in targets.items())
-        + "</tr>",
+        "<table><tr><th>round</th>" + "".join(f"<th>{_esc(n)} (target {t:.4f})</th>" for n, t in targets.items()) + "</tr>",
     ]
     for rnd, gaps in palette_rows(run):
         cells = []

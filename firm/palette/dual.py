@@ -325,9 +325,7 @@ class _Counted:
         return self.oracle.stats(lam)
 
 
-def resolve_targets(
-    oracle: RewardOracle, targets: Sequence[Target], names: Sequence[str], reference: TiltStats
-) -> np.ndarray:
+def resolve_targets(oracle: RewardOracle, targets: Sequence[Target], names: Sequence[str], reference: TiltStats) -> np.ndarray:
     """Absolute targets c  # [M] (-inf where unconstrained) from targets as written; `reference` = stats at lambda = 0."""
     mean = reference.mean
     std = np.sqrt(np.clip(np.diag(reference.cov), 0.0, None))
@@ -369,9 +367,7 @@ def solve_palette(
     def solution(lam: np.ndarray, st: TiltStats, feasible: bool, reason: str, pg: float) -> PaletteSolution:
         predicted = st.mean
         kl = max(float(lam @ predicted) - st.log_mean_exp, 0.0)
-        return PaletteSolution(
-            names, c, spec, feasible, reason, lam, predicted, mean, std, kl, ref.total, counted.calls, pg
-        )
+        return PaletteSolution(names, c, spec, feasible, reason, lam, predicted, mean, std, kl, ref.total, counted.calls, pg)
 
     gap0 = np.where(active, (mean - c) / scale, np.inf)
     if np.all(gap0 >= 0):

@@ -2,8 +2,8 @@
 
 `feasible_region` sweeps targets over a grid and solves the palette at each one (through the same
 statistics oracle, so it works on federated samples): where the solve is feasible it records the KL
-the tilt needs; the frontier is traced by bisecting, for each x target, the largest feasible y
-target. It returns plain numbers (palette.json keeps them), and `plot_region` / `plot_palette`
+the tilt needs; the frontier (the largest reachable targets) is traced by tilting ever harder along
+each direction of the quarter circle. It returns plain numbers (palette.json keeps them), and `plot_region` / `plot_palette`
 draw from those numbers, so a report can redraw them from the run directory alone.
 
 What the region reveals about the samples: its corners are each value's largest and smallest
@@ -23,51 +23,48 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from firm.palette.dual import RewardOracle, Target, solve_palette
+from firm.palette.dual import MAX_LAMBDA, RewardOracle, Target, solve_palette
 
 COLORS = {"target": "#444444", "reference": "#9aa5b1", "predicted": "#3b82f6", "achieved": "#16a34a", "best_of_n": "#f59e0b"}
 
 
-def feasible_region(oracle: RewardOracle, names: Sequence[str], grid: int = 21, frontier_points: int = 25) -> dict[str, Any]:
-    """KL of the palette solve over a grid of (x, y) targets, and the feasibility frontier (M = 2 only).
+def feasible_region(oracle: RewardOracle, names: Sequence[str], grid: int = 15, directions: int = 41) -> dict[str, Any]:
+    """The palette solved over a grid of (x, y) targets, and the edge of the reachable targets (M = 2 only).
 
-    Returns {"names", "x" [grid], "y" [grid], "kl" [grid][grid] (row = y; null where infeasible),
-    "frontier" [[x, y], ...], "reference_mean" [2]}.
+    The grid sweeps targets from a quarter of the reward range below the reference mean up to each
+    value's largest sample; each cell records the KL the tilt needs, or null where the solve reports
+    the targets infeasible. The frontier is the upper-right edge of the convex hull of the samples,
+    i.e. the largest reachable targets: the tilted mean at lambda = MAX_LAMBDA/std * (cos t, sin t)
+    for `directions` angles t in [0, pi/2] (one statistics round each; as lambda grows along a
+    direction the tilt concentrates on the samples that direction ranks highest).
+
+    Returns {"names", "x" [grid], "y" [grid], "kl" [grid][grid] (row = y), "frontier" [[x, y], ...],
+    "reference_mean" [2]}.
     """
     if len(names) != 2:
         raise ValueError(f"the feasible region is drawn for two values, got {len(names)}")
     names = list(names)
     ref = oracle.stats(np.zeros(2))
     mean = ref.mean
+    std = np.sqrt(np.clip(np.diag(ref.cov), 0.0, None))
+    scale = np.where(std > 0, std, 1.0)
     hi = np.array([oracle.stats(np.eye(2)[m]).shift for m in range(2)])  # largest sample of each value
     lo = np.array([-oracle.stats(-np.eye(2)[m]).shift for m in range(2)])  # smallest
-    span = np.maximum(hi - lo, 1e-12)
-    start = np.maximum(lo, mean - 0.25 * span)
+    start = np.maximum(lo, mean - 0.25 * np.maximum(hi - lo, 1e-12))
     xs = np.linspace(start[0], hi[0], grid)
     ys = np.linspace(start[1], hi[1], grid)
-
-    def solve(x: float, y: float) -> Any:
-        return solve_palette(oracle, [Target(names[0], "absolute", x), Target(names[1], "absolute", y)], names)
-
     kl: list[list[float | None]] = []
     for y in ys:
         row: list[float | None] = []
         for x in xs:
-            s = solve(float(x), float(y))
+            targets = [Target(names[0], "absolute", float(x)), Target(names[1], "absolute", float(y))]
+            s = solve_palette(oracle, targets, names)
             row.append(s.kl if s.feasible else None)
         kl.append(row)
-    frontier: list[list[float]] = []
-    for x in np.linspace(start[0], hi[0], frontier_points):
-        if not solve(float(x), float(lo[1])).feasible:
-            continue
-        a, b = float(lo[1]), float(hi[1])  # a feasible, b (probably) not
-        if solve(float(x), b).feasible:
-            frontier.append([float(x), b])
-            continue
-        for _ in range(30):
-            mid = 0.5 * (a + b)
-            a, b = (mid, b) if solve(float(x), mid).feasible else (a, mid)
-        frontier.append([float(x), a])
+    frontier = []
+    for t in np.linspace(0.0, 0.5 * np.pi, directions):
+        lam = MAX_LAMBDA * np.array([np.cos(t), np.sin(t)]) / scale
+        frontier.append([float(v) for v in oracle.stats(lam).mean])
     return {
         "names": names,
         "x": xs.tolist(),
@@ -104,16 +101,16 @@ def plot_region(region: Mapping[str, Any], palette: Mapping[str, Any], achieved:
         fig.colorbar(mesh, ax=ax, label="KL(tilted || reference), nats")
     if region["frontier"]:
         fx, fy = zip(*region["frontier"], strict=True)
-        ax.plot(fx, fy, color="black", lw=1.5, label="frontier: largest feasible targets")
-    marks = [
-        ("reference mean", region["reference_mean"], "o", COLORS["reference"]),
-        ("target", _point(palette.get("targets"), names), "*", "#dc2626"),
-        ("predicted (tilted)", _point(palette.get("predicted"), names), "X", COLORS["predicted"]),
-        ("achieved", _point(achieved, names), "^", COLORS["achieved"]),
+        ax.plot(fx, fy, color="black", lw=1.5, marker=".", ms=3, label="frontier: largest reachable targets")
+    marks = [  # the target is drawn large and first, so a prediction on top of it leaves it visible
+        ("target", _point(palette.get("targets"), names), "*", "#dc2626", 260),
+        ("reference mean", region["reference_mean"], "o", COLORS["reference"], 90),
+        ("predicted (tilted)", _point(palette.get("predicted"), names), "X", COLORS["predicted"], 70),
+        ("achieved", _point(achieved, names), "^", COLORS["achieved"], 90),
     ]
-    for label, xy, marker, color in marks:
+    for label, xy, marker, color, size in marks:
         if xy is not None:
-            ax.scatter([xy[0]], [xy[1]], marker=marker, s=110, color=color, edgecolor="black", zorder=5, label=label)
+            ax.scatter([xy[0]], [xy[1]], marker=marker, s=size, color=color, edgecolor="black", zorder=5, label=label)
     ax.set_xlabel(f"{names[0]} target")
     ax.set_ylabel(f"{names[1]} target")
     verdict = "feasible" if palette.get("feasible") else "infeasible"

@@ -31,7 +31,7 @@ from firm.policy_gradient import masked_rows
 from firm.rollout import sample, token_logprobs
 from firm.seeding import EVAL, PALETTE, numpy_rng, torch_generator
 
-CHUNK_SEQUENCES = 16
+CHUNK_SEQUENCES = 32
 """Sequences sampled and scored per batch (bounds the [S, T, vocab] logits of the reference log-probs)."""
 
 
