@@ -23,8 +23,13 @@ Inputs, all in the run directory:
                     "base" / "final" are the completions of the initial and of the final adapter for
                     that prompt, the rewards are each completion's score per objective.
 
-This is the only module that imports matplotlib. It uses the object-oriented API with the Agg canvas
-(never pyplot), so it needs no display and leaves the caller's matplotlib backend alone.
+With `palette.json` (a run trained toward MAP targets, firm.palette) the page gains a palette
+section: every target against the held-out value of each evaluated round, and the palette's two
+figures, drawn by firm.palette.plots.
+
+This module and firm.palette.plots are the only ones that import matplotlib. Both use the
+object-oriented API with the Agg canvas (never pyplot), so they need no display and leave the
+caller's matplotlib backend alone.
 """
 
 from __future__ import annotations

@@ -97,8 +97,8 @@ class _StatsOnly:
     def __init__(self, samples: Samples) -> None:
         self._answer_stats, self._answer_count = samples.stats, samples.count_at_most
 
-    def stats(self, lam: np.ndarray) -> TiltStats:
-        out = self._answer_stats(lam)
+    def stats(self, lam: np.ndarray, center: np.ndarray | None = None) -> TiltStats:
+        out = self._answer_stats(lam, center)
         assert out.sum_r.shape == (2,) and out.sum_rr.shape == (2, 2)  # fixed-size message, whatever n is
         return out
 
@@ -287,3 +287,21 @@ def test_region_frontier_agrees_with_the_target_sweep() -> None:
             margin_a = abs(xv - max(rewards[:, 0])) > 1e-9
             if margin_a:  # cells on the last column sit exactly on the largest sample: the edge case
                 assert (region["kl"][j][i] is not None) == lp, (xv, y)
+
+
+@pytest.mark.slow
+def test_smollm2_obviously_infeasible_palette_is_reported_before_training(tmp_path: Path) -> None:
+    """The real default model and scorers: helpfulness and harmlessness both at 0.99 cannot be reached."""
+    status = main(
+        [
+            "train",
+            "palette.targets=helpfulness=0.99,harmlessness=0.99",
+            "palette.prompts_per_client=2",
+            "palette.samples_per_prompt=4",
+            f"output.dir={tmp_path.as_posix()}",
+            "output.name=infeasible",
+            "output.progress=false",
+        ]
+    )
+    assert status == 2
+    assert not (tmp_path / "infeasible").exists()  # nothing was trained or written

@@ -30,9 +30,13 @@ separates the samples from the target orthant); the solver runs to its lambda ca
 certificate is checked with the largest u^T r_i, which the tilt statistics carry anyway.
 
 Departure from MAP: lambda is capped (`MAX_LAMBDA` reference standard deviations per unit of reward)
-so an infeasible palette ends with a certificate instead of overflowing; targets at the very edge of
-what the samples reach (feasible only by putting all weight on the extreme samples) are reported as
-infeasible, since no finite lambda reaches them.
+so an infeasible palette ends with a certificate instead of overflowing. A target exactly at the
+edge of what the samples reach (met only by putting all weight on the extreme samples) is reached
+in the limit: it counts as met when the capped tilt comes within FEASIBILITY_TOL of it, and as
+infeasible otherwise, with the shortfall in the message.
+
+Numerics: the statistics are taken around the reference mean (the server sends it with lambda),
+so rewards far from 0 (say 1e4 +- 1) do not lose the dual's precision to cancellation.
 """
 
 from __future__ import annotations
@@ -91,12 +95,25 @@ class TiltStats:
         return self.sum_rr / self.sum_exp - np.outer(mu, mu)
 
 
-def tilt_stats(rewards: np.ndarray, lam: np.ndarray, weights: np.ndarray | None = None) -> TiltStats:
-    """The `TiltStats` of reward samples `rewards  # [n, M]` (sample weights `weights  # [n]`) at `lam  # [M]`."""
+def tilt_stats(
+    rewards: np.ndarray, lam: np.ndarray, weights: np.ndarray | None = None, center: np.ndarray | None = None
+) -> TiltStats:
+    """The `TiltStats` of reward samples `rewards  # [n, M]` (sample weights `weights  # [n]`) at `lam  # [M]`.
+
+    With `center  # [M]` the sums are taken over r_i - center: the server passes the reference mean,
+    so that lambda^T r is not a difference of large numbers when rewards sit far from 0 (the dual and
+    its gradient are shift-invariant up to that centre). Samples with zero weight are ignored.
+    """
     rewards = np.asarray(rewards, dtype=np.float64)
-    w = np.ones(len(rewards)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        rewards, w = rewards[w > 0], w[w > 0]
+    else:
+        w = np.ones(len(rewards))
     if len(rewards) == 0:
-        raise ValueError("tilt_stats: no reward samples")
+        raise ValueError("tilt_stats: no reward samples with positive weight")
+    if center is not None:
+        rewards = rewards - np.asarray(center, dtype=np.float64)
     a = rewards @ np.asarray(lam, dtype=np.float64)  # [n]
     shift = float(a.max())
     e = w * np.exp(a - shift)  # [n]
@@ -130,8 +147,8 @@ class RewardOracle(Protocol):
     The solver only ever asks these two questions, so it cannot tell the two apart.
     """
 
-    def stats(self, lam: np.ndarray) -> TiltStats:
-        """`TiltStats` of all samples at `lam  # [M]`."""
+    def stats(self, lam: np.ndarray, center: np.ndarray | None = None) -> TiltStats:
+        """`TiltStats` of all samples at `lam  # [M]`, of r - `center  # [M]` when given."""
         ...
 
     def count_at_most(self, value: int, threshold: float) -> float:
@@ -159,8 +176,8 @@ class Samples:
                 raise ValueError("sample weights must be [n], finite, >= 0 and not all zero")
             object.__setattr__(self, "weights", w)
 
-    def stats(self, lam: np.ndarray) -> TiltStats:
-        return tilt_stats(self.rewards, lam, self.weights)
+    def stats(self, lam: np.ndarray, center: np.ndarray | None = None) -> TiltStats:
+        return tilt_stats(self.rewards, lam, self.weights, center)
 
     def count_at_most(self, value: int, threshold: float) -> float:
         below = self.rewards[:, value] <= threshold
@@ -192,7 +209,8 @@ def parse_targets(spec: str, names: Sequence[str]) -> list[Target]:
 
     `0.9` is an absolute expected reward, `+0.02` / `-0.01` a change from the reference's mean,
     `q0.7` the reference's 0.7-quantile of that reward. Values not named are unconstrained.
-    Raises ValueError naming the bad piece.
+    A leading sign always means a change, so a negative absolute target is written as a `Target`
+    in Python. Raises ValueError naming the bad piece.
     """
     targets: list[Target] = []
     seen: set[str] = set()
@@ -320,15 +338,21 @@ class _Counted:
     def __init__(self, oracle: RewardOracle) -> None:
         self.oracle, self.calls = oracle, 0
 
-    def stats(self, lam: np.ndarray) -> TiltStats:
+    def stats(self, lam: np.ndarray, center: np.ndarray | None = None) -> TiltStats:
         self.calls += 1
-        return self.oracle.stats(lam)
+        return self.oracle.stats(lam, center)
 
 
-def resolve_targets(oracle: RewardOracle, targets: Sequence[Target], names: Sequence[str], reference: TiltStats) -> np.ndarray:
-    """Absolute targets c  # [M] (-inf where unconstrained) from targets as written; `reference` = stats at lambda = 0."""
-    mean = reference.mean
-    std = np.sqrt(np.clip(np.diag(reference.cov), 0.0, None))
+def resolve_targets(
+    oracle: RewardOracle,
+    targets: Sequence[Target],
+    names: Sequence[str],
+    mean: np.ndarray,
+    std: np.ndarray,
+    total: float,
+) -> np.ndarray:
+    """Absolute targets c  # [M] (-inf where unconstrained) from targets as written, given the reference's
+    mean, std and total sample weight."""
     c = np.full(len(names), -np.inf)
     for t in targets:
         m = list(names).index(t.name)
@@ -337,7 +361,7 @@ def resolve_targets(oracle: RewardOracle, targets: Sequence[Target], names: Sequ
         elif t.kind == "improvement":
             c[m] = mean[m] + t.value
         else:
-            c[m] = quantile(oracle, m, t.value, reference.total, float(mean[m]), float(std[m]))
+            c[m] = quantile(oracle, m, t.value, total, float(mean[m]), float(std[m]))
     return c
 
 
@@ -356,36 +380,34 @@ def solve_palette(
     names = list(names)
     counted = _Counted(oracle)
     num_values = len(names)
-    ref = counted.stats(np.zeros(num_values))
-    mean, cov = ref.mean, ref.cov
-    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    zero = np.zeros(num_values)
+    mean = counted.stats(zero).mean  # the centre; then every sum is taken around it
+    ref = counted.stats(zero, mean)
+    mean = mean + ref.mean  # exact up to rounding of the centred sum (ref.mean ~ 0)
+    std = np.sqrt(np.clip(np.diag(ref.cov), 0.0, None))
     scale = np.where(std > 0, std, 1.0)  # [M]
-    c = resolve_targets(oracle, targets, names, ref)
+    c = resolve_targets(oracle, targets, names, mean, std, ref.total)
     active = np.isfinite(c)
     spec = [str(t) for t in targets]
+    c_tilde = np.where(active, c - mean, 0.0)  # targets around the centre
 
     def solution(lam: np.ndarray, st: TiltStats, feasible: bool, reason: str, pg: float) -> PaletteSolution:
-        predicted = st.mean
-        kl = max(float(lam @ predicted) - st.log_mean_exp, 0.0)
-        return PaletteSolution(names, c, spec, feasible, reason, lam, predicted, mean, std, kl, ref.total, counted.calls, pg)
+        kl = max(float(lam @ st.mean) - st.log_mean_exp, 0.0)  # shift-invariant: centred sums suffice
+        return PaletteSolution(names, c, spec, feasible, reason, lam, mean + st.mean, mean, std, kl, ref.total, counted.calls, pg)
 
     gap0 = np.where(active, (mean - c) / scale, np.inf)
     if np.all(gap0 >= 0):
-        return solution(np.zeros(num_values), ref, True, "the reference already meets every target (lambda = 0)", 0.0)
-
-    c_act = np.where(active, c, 0.0)
+        return solution(zero, ref, True, "the reference already meets every target (lambda = 0)", 0.0)
 
     def dual(nu: np.ndarray) -> tuple[float, np.ndarray]:
         lam = nu / scale
-        st = counted.stats(lam)
-        value = st.log_mean_exp - float(lam @ c_act)
-        grad = (st.mean - c_act) / scale
-        return value, grad
+        st = counted.stats(lam, mean)
+        return st.log_mean_exp - float(lam @ c_tilde), (st.mean - c_tilde) / scale
 
     bounds = [(0.0, MAX_LAMBDA if a else 0.0) for a in active]
     result = minimize(
         dual,
-        np.zeros(num_values),
+        zero,
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
@@ -393,28 +415,33 @@ def solve_palette(
     )
     nu = np.clip(result.x, 0.0, [b[1] for b in bounds])
     lam = nu / scale
-    st = counted.stats(lam)
-    slack = np.where(active, (st.mean - c) / scale, np.inf)  # dual gradient in std units; >= 0 where met
+    st = counted.stats(lam, mean)
+    slack = np.where(active, (st.mean - c_tilde) / scale, np.inf)  # dual gradient in std units; >= 0 where met
     grad = np.where(active, slack, 0.0)
     at_cap = active & (nu >= MAX_LAMBDA * (1 - 1e-9))
     # KKT residual of the bound-constrained problem: grad where 0 < nu < cap, its wrong-signed part at a bound
     proj = np.where(nu > 0, grad, np.minimum(grad, 0.0))
     pg = float(np.abs(np.where(at_cap, np.maximum(grad, 0.0), proj)).max())
-    if np.all(slack >= -FEASIBILITY_TOL) and not at_cap.any():
+    if np.all(slack >= -FEASIBILITY_TOL):
         return solution(lam, st, True, f"targets met by the tilted reference (L-BFGS-B: {result.message})", pg)
     # Not met: check the separating-hyperplane certificate along u = lambda (support value = st.shift).
-    margin = float(lam @ c_act) - st.shift
+    margin = float(lam @ c_tilde) - st.shift
     if margin > 0:
         u = lam / lam.sum()  # the separating direction, as weights on the values
         reason = (
-            f"infeasible: every reference sample has {_combo(u, names)} <= {st.shift / lam.sum():.6g}, "
-            f"but the targets need at least {float(u @ c_act):.6g}, so no reweighting of the samples meets them"
+            f"infeasible: every reference sample has {_combo(u, names)} <= {st.shift / lam.sum() + float(u @ mean):.10g}, "
+            f"but the targets need at least {float(u @ c_tilde) + float(u @ mean):.10g}, so no reweighting of the samples meets them"
         )
-    else:
+    elif at_cap.any():
         worst = names[int(np.argmin(np.where(active, slack, np.inf)))]
         reason = (
             f"infeasible: the targets lie at the edge of what the reference's samples reach ({worst} stays "
             f"{-float(np.min(slack)):.3g} std short at the lambda cap {MAX_LAMBDA:g}/std)"
+        )
+    else:
+        raise RuntimeError(
+            f"palette solve stopped with the targets unmet and no infeasibility proof (L-BFGS-B: {result.message}; "
+            f"largest shortfall {-float(np.min(slack)):.3g} std): please report this with the reward samples"
         )
     return solution(lam, st, False, reason, pg)
 

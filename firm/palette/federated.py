@@ -1,6 +1,7 @@
 """Federated palette statistics: clients send sums at the server's lambda, never rewards or prompts.
 
-The MAP dual (firm.palette.dual) at a given lambda needs only sums over the reward samples: total
+The MAP dual (firm.palette.dual) at a given lambda (and centre: the reference mean, sent along with
+lambda so that the sums are taken around it) needs only sums over the reward samples: total
 weight, a log-sum-exp shift, sum of e_i, sum of e_i r_i [M] and sum of e_i r_i r_i^T [M, M] with
 e_i = w_i exp(lambda^T r_i - shift). Sums over clients add up (after rescaling to a common shift),
 so each solver step is one round: the server sends lambda, each client answers with its
@@ -12,7 +13,7 @@ The `shift` is the client's largest lambda^T r_i: one scalar summary at a direct
 chose, which the infeasibility certificate uses; the rewards themselves and the prompts stay put.
 
 With the statistics merged exactly, the federated solve follows the pooled solve's iterates: the
-two lambdas agree to floating-point rounding (tests/test_palette.py checks 1e-6).
+two lambdas agree to floating-point rounding (tests/test_palette_math.py and tests/test_palette.py check 1e-6).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class Federation:
         if not self.clients:
             raise ValueError("a palette federation needs at least one client with reward samples")
 
-    def stats(self, lam: np.ndarray) -> TiltStats:
-        parts = [client.stats(lam) for client in self.clients]  # one message per client
+    def stats(self, lam: np.ndarray, center: np.ndarray | None = None) -> TiltStats:
+        parts = [client.stats(lam, center) for client in self.clients]  # one message per client
         num_values = len(lam)
         self.rounds += 1
         self.upload_bytes += len(parts) * FLOAT_BYTES * (3 + num_values + num_values * num_values)

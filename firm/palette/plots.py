@@ -44,8 +44,9 @@ def feasible_region(oracle: RewardOracle, names: Sequence[str], grid: int = 15, 
     if len(names) != 2:
         raise ValueError(f"the feasible region is drawn for two values, got {len(names)}")
     names = list(names)
-    ref = oracle.stats(np.zeros(2))
-    mean = ref.mean
+    mean = oracle.stats(np.zeros(2)).mean
+    ref = oracle.stats(np.zeros(2), mean)  # centred: an accurate std whatever the rewards' offset
+    mean = mean + ref.mean
     std = np.sqrt(np.clip(np.diag(ref.cov), 0.0, None))
     scale = np.where(std > 0, std, 1.0)
     hi = np.array([oracle.stats(np.eye(2)[m]).shift for m in range(2)])  # largest sample of each value
