@@ -284,13 +284,12 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
         f"{federation.rounds} rounds of statistics, {federation.upload_bytes:,} bytes uploaded"
     )
     print(f"{'value':<16s}{'target':>10s}{'reference':>11s}{'predicted':>11s}{'lambda':>11s}{'preference':>12s}")
+    usable = solution.feasible and not solution.met_by_reference  # else there is no preference to train with
     for m, name in enumerate(names):
         c = solution.targets[m]
         target = f"{c:10.4f}" if c > float("-inf") else f"{'-':>10s}"
-        print(
-            f"{name:<16s}{target}{solution.reference_mean[m]:11.4f}{solution.predicted[m]:11.4f}"
-            f"{solution.lam[m]:11.4g}{solution.preference[m]:12.3f}"
-        )
+        pref = f"{solution.preference[m]:12.3f}" if usable else f"{'-':>12s}"
+        print(f"{name:<16s}{target}{solution.reference_mean[m]:11.4f}{solution.predicted[m]:11.4f}{solution.lam[m]:11.4g}{pref}")
     print(f"feasible: {'yes' if solution.feasible else 'NO'}: {solution.reason}")
     if solution.feasible:
         print(
