@@ -165,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _compare(str(sweep_dir(config)))
 
     if config.engine.name == "flower":
+        from firm.config import check_palette_engine
+
+        try:
+            check_palette_engine(config)
+        except ConfigError as err:
+            print(f"firm: error: {err}", file=sys.stderr)
+            return 2
         return _train_flower(config)
     return _train(config, None)
 
@@ -178,7 +185,7 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
     from firm.checkpoint import CheckpointError
     from firm.data import PromptFileError
     from firm.objectives import ObjectiveError
-    from firm.palette import PaletteInfeasible
+    from firm.palette import PaletteInfeasible, PaletteSolveError
     from firm.policy import PolicyError
     from firm.robust import RoundFailed
     from firm.rundir import RunDirError
@@ -199,6 +206,9 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
     except PaletteInfeasible as err:
         print(f"firm: error: {err}; nothing was trained (see `firm palette` for the feasible region)", file=sys.stderr)
         return 2
+    except PaletteSolveError as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 1
     except (ObjectiveError, RoundFailed) as err:
         print(f"firm: error: {err}", file=sys.stderr)
         if where:
@@ -252,7 +262,8 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
     from pathlib import Path
 
     from firm.data import PromptFileError, federated_prompts
-    from firm.objectives import resolve_objective
+    from firm.objectives import ObjectiveError, resolve_objective
+    from firm.palette import PaletteSolveError
     from firm.palette.plots import feasible_region, plot_palette, plot_region
     from firm.palette.sampling import best_of_n as decode_best_of_n
     from firm.palette.sampling import solve_federated
@@ -276,7 +287,11 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
         return 2
     names = list(config.objectives.names)
     objectives = [(name, resolve_objective(name)) for name in names]
-    solution, federation = solve_federated(policy, objectives, prompts.clients, config)
+    try:
+        solution, federation = solve_federated(policy, objectives, prompts.clients, config)
+    except (ObjectiveError, PaletteSolveError) as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 1
     record = solution.to_dict()
     print(
         f"palette on {record['clients']} clients, {solution.num_samples:g} reference samples "
@@ -291,6 +306,9 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
         pref = f"{solution.preference[m]:12.3f}" if usable else f"{'-':>12s}"
         print(f"{name:<16s}{target}{solution.reference_mean[m]:11.4f}{solution.predicted[m]:11.4f}{solution.lam[m]:11.4g}{pref}")
     print(f"feasible: {'yes' if solution.feasible else 'NO'}: {solution.reason}")
+    if usable and config.palette.weights == "standardized":
+        shown = ", ".join(f"{n} {v:.3f}" for n, v in zip(names, solution.standardized_preference, strict=True))
+        print(f"palette.weights=standardized: training would use the preference {shown}")
     if solution.feasible:
         print(
             f"KL(tilted || reference) = {solution.kl:.4f} nats; train with: firm train palette.targets={config.palette.targets!r}"
@@ -311,8 +329,10 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
                 print(f"{name:<16s}{target}{result.reference[m]:11.4f}{result.best_of_n[m]:11.4f}{result.tilted[m]:11.4f}")
     out_dir = Path(out) if out else Path(config.output.dir) / f"palette-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if len(names) == 2:
+    if len(names) == 2 and config.palette.region:
+        before = federation.rounds
         record["region"] = feasible_region(federation, names)
+        record["region_rounds"] = federation.rounds - before
     record["objectives"] = names
     write_atomic(out_dir / "palette.json", json.dumps(record, indent=2) + "\n")
     figures = {"palette": plot_palette(record, decoding=decoding)}

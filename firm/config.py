@@ -206,6 +206,10 @@ class PaletteConfig:
     """Prompts per client whose reference completions are scored for the palette solve (0 = all of the client's prompts)."""
     samples_per_prompt: int = 4
     """Reference completions per prompt for the palette solve."""
+    weights: Literal["lambda", "standardized"] = "lambda"
+    """Preference from the solve: `lambda` = lambda / sum(lambda) (MAP's weights on the raw rewards); `standardized` = proportional to lambda_m * std_m, the weights on rewards in units of their reference std (unit-free, closer to what per-objective normalised advantages see)."""
+    region: bool = True
+    """For M = 2, also sweep targets for the feasible-region plot; its frontier shows the server the extreme samples' rewards."""
 
 
 @dataclass(frozen=True)
@@ -454,13 +458,17 @@ def _validate_palette(config: Config) -> None:
         parse_targets(pal.targets, config.objectives.names)
     except ValueError as err:
         raise ConfigError(f"palette.targets: {err}") from None
-    if config.engine.name != "inprocess":
-        raise ConfigError(
-            "palette.targets: the palette solve runs on the in-process engine only for now; on Flower, "
-            "solve it with `firm palette` and pass the printed preference as objectives.preference"
-        )
     if config.algorithm.name in REFERENCES:
         raise ConfigError(f"palette.targets: not supported for the reference {config.algorithm.name!r}")
+
+
+def check_palette_engine(config: Config) -> None:
+    """Training toward palette targets runs on the in-process engine only (`firm palette` itself runs anywhere)."""
+    if config.palette.targets and config.engine.name != "inprocess":
+        raise ConfigError(
+            "palette.targets: training toward a palette runs on the in-process engine only for now; for Flower, "
+            "solve it with `firm palette` and pass the printed preference as objectives.preference"
+        )
 
 
 def _validate_address(key: str, address: str) -> None:

@@ -126,7 +126,7 @@ def run(
     policy = _policy(config, reuse_model)
     palette: dict[str, Any] | None = None
     if config.palette.targets:  # MAP targets -> the preference every algorithm trains with
-        palette, config = _palette(config, policy, objectives, prompts)
+        palette, config = _palette(config, policy, objectives, prompts, resume_from)
     algorithm = ALGORITHMS[config.algorithm.name](config)
     rounds = (engine or _inprocess)(policy, algorithm, objectives, prompts, config, communicate)
     global_adapter = policy.get_adapter()
@@ -166,7 +166,8 @@ def run(
         summary["resumed_from_round"] = ckpt.round
     if palette is not None:
         summary["palette"] = {k: v for k, v in palette.items() if k != "region"}
-        run_dir.write_json("palette.json", palette)
+        if resume_from is None:
+            run_dir.write_json("palette.json", palette)
 
     def save_checkpoint(round_idx: int, adapter: Adapter, client_states: dict[int, dict[str, Any]]) -> None:
         state = {
@@ -276,26 +277,44 @@ def run(
 
 
 def _palette(
-    config: Config, policy: Policy, objectives: Sequence[tuple[str, Objective]], prompts: FederatedPrompts
+    config: Config,
+    policy: Policy,
+    objectives: Sequence[tuple[str, Objective]],
+    prompts: FederatedPrompts,
+    resume_from: Path | None,
 ) -> tuple[dict[str, Any], Config]:
     """Solve `palette.targets` from the clients' reference samples; return palette.json's content and the config
-    with objectives.preference = lambda / sum(lambda). Raises PaletteInfeasible before any training."""
+    with objectives.preference from lambda (`palette.weights`). Raises PaletteInfeasible before any training.
+
+    On resume the run's palette.json is reused: its config.toml already holds the preference it trained with.
+    """
     import dataclasses
 
+    from firm.config import check_palette_engine
     from firm.palette import PaletteInfeasible
     from firm.palette.plots import feasible_region
     from firm.palette.sampling import solve_federated
 
+    check_palette_engine(config)
+    if resume_from is not None and (resume_from / "palette.json").is_file():
+        return json.loads((resume_from / "palette.json").read_text(encoding="utf-8")), config
     solution, federation = solve_federated(policy, objectives, prompts.clients, config)
     if not solution.feasible:
         raise PaletteInfeasible(f"palette.targets {config.palette.targets!r}: {solution.reason}")
     record = solution.to_dict()
-    if len(solution.names) == 2:
-        record["region"] = feasible_region(federation, solution.names)
+    record["weights"] = config.palette.weights
+    if len(solution.names) == 2 and config.palette.region:
+        before = federation.rounds
+        try:
+            record["region"] = feasible_region(federation, solution.names)
+            record["region_rounds"] = federation.rounds - before
+        except Exception as err:  # a plot must never stop training
+            record["region_error"] = f"{type(err).__name__}: {err}"
     if solution.met_by_reference:
         record["note"] = "the reference already meets every target; training keeps objectives.preference"
         return record, config
-    preference = tuple(float(v) for v in solution.preference)
+    vector = solution.preference if config.palette.weights == "lambda" else solution.standardized_preference
+    preference = tuple(float(v) for v in vector)
     if config.output.progress:
         shown = ", ".join(f"{n} {v:.3f}" for n, v in zip(solution.names, preference, strict=True))
         print(f"palette: feasible, KL {solution.kl:.4f}; training with preference {shown}", file=sys.stderr)

@@ -87,8 +87,10 @@ def test_federated_solve_on_model_samples_equals_pooled(tiny_samples: tuple[list
         np.testing.assert_allclose(fed.lam, ref.lam, atol=1e-6)
         np.testing.assert_allclose(fed.predicted, ref.predicted, atol=1e-6)
         assert fed.kl == pytest.approx(ref.kl, abs=1e-6)
-        # what a client sent per statistics round does not grow with its number of samples
-        assert federation.upload_bytes <= federation.rounds * len(clients) * 8 * (3 + 2 + 4)
+        # per round a client sends 3 + M + M^2 floats of statistics, or one count: never its samples
+        per_client = federation.stats_rounds * 8 * (3 + 2 + 4) + federation.count_rounds * 8
+        assert federation.upload_bytes == len(clients) * per_client
+        assert federation.stats_rounds == fed.queries
 
 
 class _StatsOnly:
@@ -153,8 +155,6 @@ def test_firm_palette_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert record["feasible"] is True
     lam = np.array([record["lambda"][n] for n in NAMES])
     assert (lam >= 0).all() and lam.sum() > 0
-    pref = np.array([record["preference"][n] for n in NAMES])
-    np.testing.assert_allclose(pref, lam / lam.sum())
     for name in NAMES:  # the tilted reference meets every target (KKT)
         assert record["predicted"][name] >= record["targets"][name] - 1e-6 * max(record["reference_std"][name], 1e-12)
     assert record["decoding"]["n"] == 3 and record["decoding"]["num_prompts"] == 4
@@ -250,9 +250,14 @@ def test_palette_config_errors(tmp_path: Path, override: str, fragment: str) -> 
         tiny_config(tmp_path, override)
 
 
-def test_palette_refused_on_flower(tmp_path: Path) -> None:
+def test_palette_training_refused_on_flower_but_the_solve_is_not(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config(tmp_path, "palette.targets=positiveness=0.5", "engine=flower")  # `firm palette` may use it
+    assert config.palette.targets == "positiveness=0.5"
+    status = main(["train", "engine=flower", "palette.targets=positiveness=0.5", *_cli_args(tmp_path)])
+    assert status == 2
+    assert "in-process engine only" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="in-process engine only"):
-        tiny_config(tmp_path, "palette.targets=positiveness=0.5", "engine=flower")
+        run(config)
 
 
 def test_solve_federated_reports_cost(tmp_path: Path) -> None:
@@ -262,7 +267,8 @@ def test_solve_federated_reports_cost(tmp_path: Path) -> None:
     policy = build_policy(config.model, config.lora, fed.seed)
     solution, federation = solve_federated(policy, [(n, resolve_objective(n)) for n in NAMES], prompts.clients, config)
     assert solution.extra["clients"] == 2 and solution.num_samples == 2 * 2 * 4
-    assert solution.extra["stat_rounds"] == federation.rounds >= solution.queries
+    # no quantile target: every round is one of the solve's statistics calls
+    assert solution.extra["stat_rounds"] == federation.rounds == federation.stats_rounds == solution.queries
 
 
 def test_region_frontier_agrees_with_the_target_sweep() -> None:
@@ -305,3 +311,76 @@ def test_smollm2_obviously_infeasible_palette_is_reported_before_training(tmp_pa
     )
     assert status == 2
     assert not (tmp_path / "infeasible").exists()  # nothing was trained or written
+
+
+def test_targets_just_inside_the_edge_are_feasible() -> None:
+    """Dense samples: targets 1e-3 .. 1e-6 std below the largest sample are met (the LP agrees); just above, not."""
+    from firm.palette import Target, feasible_by_lp
+
+    rewards = np.linspace(0.0, 1.0, 1000)[:, None]
+    std = float(rewards.std())
+    for eps in (1e-3, 1e-4, 1e-5, 1e-6):
+        target = 1.0 - eps * std
+        sol = solve_palette(Samples(rewards), [Target("a", "absolute", target)], ["a"])
+        assert sol.feasible == feasible_by_lp(rewards, np.array([target])) is True, (eps, sol.reason)
+        assert sol.projected_gradient <= 1e-6  # optimal, not just feasible
+    sol = solve_palette(Samples(rewards), [Target("a", "absolute", 1.0 + 1e-4 * std)], ["a"])
+    assert not sol.feasible and "every reference sample has a <= 1," in sol.reason
+
+
+def test_resume_reuses_the_palette(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted palette run resumes with its palette.json and preference; nothing is sampled again."""
+    from firm.config import load_config
+    from firm.engines.inprocess import InProcessEngine
+
+    def interrupt_round_2(round_idx: int, client_id: int, call: object) -> object:
+        if round_idx == 2:
+            raise KeyboardInterrupt
+        return call()  # type: ignore[operator]
+
+    def factory(policy, algorithm, objectives, prompts, config, communicate):  # type: ignore[no-untyped-def]
+        return InProcessEngine(
+            policy, algorithm, objectives, prompts.clients, config, communicate, client_wrapper=interrupt_round_2
+        )
+
+    config = tiny_config(tmp_path, "palette.targets=positiveness=+0.02", "palette.prompts_per_client=2", "output.name=r")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, engine=factory)
+    run_dir = tmp_path / "r"
+    before = (run_dir / "palette.json").read_text()
+
+    def no_sampling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the palette was solved again on resume")
+
+    monkeypatch.setattr("firm.palette.sampling.solve_federated", no_sampling)
+    resumed = run(load_config(run_dir / "config.toml"), resume_from=run_dir)
+    assert resumed.summary["status"] == "completed" and resumed.summary["resumed_from_round"] == 1
+    assert (run_dir / "palette.json").read_text() == before
+    pal = json.loads(before)
+    np.testing.assert_allclose(resumed.summary["preference"], [pal["preference"][n] for n in NAMES])
+
+
+def test_three_values_one_unconstrained_standardized_weights(tmp_path: Path) -> None:
+    """M = 3, diversity unconstrained: its lambda and preference are 0, FedAvg trains with exactly that vector;
+    palette.weights=standardized turns lambda_m into lambda_m * std_m before normalising; no region for M = 3."""
+    config = tiny_config(
+        tmp_path,
+        'objectives.names=["positiveness", "conciseness", "diversity"]',
+        "palette.targets=positiveness=q0.7,conciseness=q0.8",  # both bind on these samples
+        "palette.prompts_per_client=4",
+        "palette.weights=standardized",
+        "algorithm=fedavg",
+        "federation.rounds=1",
+    )
+    result = run(config)
+    pal = json.loads((result.run_dir / "palette.json").read_text())
+    names = ["positiveness", "conciseness", "diversity"]
+    assert pal["targets"]["diversity"] is None and pal["lambda"]["diversity"] == 0.0
+    lam = np.array([pal["lambda"][n] for n in names])
+    std = np.array([pal["reference_std"][n] for n in names])
+    expected = lam * std / (lam * std).sum()
+    np.testing.assert_allclose(result.summary["preference"], expected, atol=1e-12)
+    assert not np.allclose(expected, lam / lam.sum())  # the two rules differ here
+    for weights in result.metrics[0]["weights"].values():
+        np.testing.assert_allclose(weights, expected, atol=1e-6)
+    assert "region" not in pal

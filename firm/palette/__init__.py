@@ -8,6 +8,7 @@ statistics; `sampling` draws reward samples from the reference model and runs be
 from firm.palette.dual import (
     PaletteInfeasible,
     PaletteSolution,
+    PaletteSolveError,
     RewardOracle,
     Samples,
     Target,
@@ -24,6 +25,7 @@ __all__ = [
     "Federation",
     "PaletteInfeasible",
     "PaletteSolution",
+    "PaletteSolveError",
     "RewardOracle",
     "Samples",
     "Target",

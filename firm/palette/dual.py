@@ -49,8 +49,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy.optimize import minimize
 
-MAX_LAMBDA = 200.0
-"""Cap on each lambda_m, in units of 1 / (reference std of value m): exp(200 z) already puts all weight on the top samples."""
+MAX_LAMBDA = 1e4
+"""Cap on each lambda_m, in units of 1 / (reference std of value m). The statistics are a stable log-sum-exp, so the
+cap can be high: a target must come within about 1/MAX_LAMBDA std of the edge of the samples to be cut off by it."""
 
 DEFAULT_TOL = 1e-9
 """L-BFGS-B's tolerance on the projected dual gradient E_q[r] - c, in units of each value's reference std."""
@@ -58,9 +59,19 @@ DEFAULT_TOL = 1e-9
 FEASIBILITY_TOL = 1e-6
 """A target counts as met when E_q[r_m] >= c_m - FEASIBILITY_TOL * std_m."""
 
+KKT_TOL = 1e-6
+"""A feasible solution must also be optimal: its projected dual gradient (std units) at most this; else restart."""
+
+RESTARTS = 5
+"""Warm restarts of L-BFGS-B when it stops early (its ftol test) with the KKT residual above KKT_TOL."""
+
 
 class PaletteInfeasible(ValueError):
     """The targets cannot be met by reweighting the reference's samples; raised before any training."""
+
+
+class PaletteSolveError(RuntimeError):
+    """The solver stopped with the targets unmet and no proof of infeasibility (should not happen; please report)."""
 
 
 @dataclass(frozen=True)
@@ -249,8 +260,9 @@ def quantile(oracle: RewardOracle, value: int, q: float, total: float, mean: flo
     """The reference's q-quantile of reward `value` (the smallest sample r with F(r) >= q), from counts only.
 
     Bisection on the threshold with `count_at_most`, bracketing outward from mean +- std, until no
-    float lies between the bracket's ends or it is 1e-12 * max(1, std) wide; this is numpy's
-    `inverted_cdf` quantile of the pooled samples. `total` is the samples' total weight.
+    float lies between the bracket's ends or it is 1e-12 * max(1, std) wide. The result is at most
+    that width above numpy's `inverted_cdf` quantile of the pooled samples (a count cannot say where
+    exactly inside the bracket the sample is). `total` is the samples' total weight.
     """
     need = q * total
     step = max(std, 1e-12)
@@ -292,7 +304,7 @@ class PaletteSolution:
     reference_std: np.ndarray  # [M]
     kl: float  # KL(tilted || reference) in nats
     num_samples: float
-    queries: int  # oracle calls (federated: rounds of statistics from the clients)
+    queries: int  # tilt-statistics calls of this solve (quantile bisection counts are extra: Federation counts both)
     projected_gradient: float  # max |projected grad| at the end, in std units
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -307,6 +319,13 @@ class PaletteSolution:
         total = float(self.lam.sum())
         return self.lam / total if total > 0 else np.full_like(self.lam, np.nan)
 
+    @property
+    def standardized_preference(self) -> np.ndarray:
+        """p ∝ lambda_m * std_m: the weights on rewards measured in reference standard deviations  # [M]."""
+        nu = self.lam * np.where(self.reference_std > 0, self.reference_std, 1.0)
+        total = float(nu.sum())
+        return nu / total if total > 0 else np.full_like(nu, np.nan)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: name-keyed dicts of floats (unconstrained targets as null)."""
 
@@ -320,6 +339,7 @@ class PaletteSolution:
             "reason": self.reason,
             "lambda": named(self.lam),
             "preference": named(self.preference),
+            "standardized_preference": named(self.standardized_preference),
             "predicted": named(self.predicted),
             "reference_mean": named(self.reference_mean),
             "reference_std": named(self.reference_std),
@@ -405,24 +425,34 @@ def solve_palette(
         return st.log_mean_exp - float(lam @ c_tilde), (st.mean - c_tilde) / scale
 
     bounds = [(0.0, MAX_LAMBDA if a else 0.0) for a in active]
-    result = minimize(
-        dual,
-        zero,
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-        options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-15, "maxcor": 20},
-    )
-    nu = np.clip(result.x, 0.0, [b[1] for b in bounds])
+    upper = np.array([b[1] for b in bounds])
+
+    def kkt(nu: np.ndarray) -> tuple[TiltStats, np.ndarray, np.ndarray, float]:
+        """(stats, slack in std units (>= 0 where met), at-cap mask, projected-gradient residual) at nu."""
+        st = counted.stats(nu / scale, mean)
+        slack = np.where(active, (st.mean - c_tilde) / scale, np.inf)  # = the dual gradient where active
+        grad = np.where(active, slack, 0.0)
+        at_cap = active & (nu >= upper * (1 - 1e-9))
+        # residual of the bound-constrained problem: grad where 0 < nu < cap, its wrong-signed part at a bound
+        proj = np.where(nu > 0, grad, np.minimum(grad, 0.0))
+        return st, slack, at_cap, float(np.abs(np.where(at_cap, np.maximum(grad, 0.0), proj)).max())
+
+    nu = zero
+    for _ in range(1 + RESTARTS):  # L-BFGS-B may stop on its relative-reduction test first: restart warm
+        result = minimize(
+            dual,
+            nu,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-15, "maxcor": 20},
+        )
+        nu = np.clip(result.x, 0.0, upper)
+        st, slack, at_cap, pg = kkt(nu)
+        if pg <= KKT_TOL:
+            break
     lam = nu / scale
-    st = counted.stats(lam, mean)
-    slack = np.where(active, (st.mean - c_tilde) / scale, np.inf)  # dual gradient in std units; >= 0 where met
-    grad = np.where(active, slack, 0.0)
-    at_cap = active & (nu >= MAX_LAMBDA * (1 - 1e-9))
-    # KKT residual of the bound-constrained problem: grad where 0 < nu < cap, its wrong-signed part at a bound
-    proj = np.where(nu > 0, grad, np.minimum(grad, 0.0))
-    pg = float(np.abs(np.where(at_cap, np.maximum(grad, 0.0), proj)).max())
-    if np.all(slack >= -FEASIBILITY_TOL):
+    if np.all(slack >= -FEASIBILITY_TOL) and pg <= KKT_TOL:
         return solution(lam, st, True, f"targets met by the tilted reference (L-BFGS-B: {result.message})", pg)
     # Not met: check the separating-hyperplane certificate along u = lambda (support value = st.shift).
     margin = float(lam @ c_tilde) - st.shift
@@ -436,12 +466,13 @@ def solve_palette(
         worst = names[int(np.argmin(np.where(active, slack, np.inf)))]
         reason = (
             f"infeasible: the targets lie at the edge of what the reference's samples reach ({worst} stays "
-            f"{-float(np.min(slack)):.3g} std short at the lambda cap {MAX_LAMBDA:g}/std)"
+            f"{-float(np.min(slack)):.3g} std short at the lambda cap {MAX_LAMBDA:g}/std: only the extreme samples "
+            "themselves would meet them)"
         )
     else:
-        raise RuntimeError(
-            f"palette solve stopped with the targets unmet and no infeasibility proof (L-BFGS-B: {result.message}; "
-            f"largest shortfall {-float(np.min(slack)):.3g} std): please report this with the reward samples"
+        raise PaletteSolveError(
+            f"palette solve stopped without meeting the targets or proving them infeasible (L-BFGS-B: {result.message}; "
+            f"largest shortfall {-float(np.min(slack)):.3g} std, KKT residual {pg:.3g}): please report this"
         )
     return solution(lam, st, False, reason, pg)
 

@@ -19,7 +19,7 @@ two lambdas agree to floating-point rounding (tests/test_palette_math.py and tes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,13 +33,18 @@ class Federation:
     """The server's view of the clients' reward samples: it can only ask for statistics.
 
     `clients` are the clients' own oracles (`firm.palette.dual.Samples` in process; anything with
-    `stats` and `count_at_most`). `rounds` and `upload_bytes` count what the solve cost.
+    `stats` and `count_at_most`). `stats_rounds`, `count_rounds` and `upload_bytes` count what it cost.
     """
 
     clients: Sequence[RewardOracle]
-    rounds: int = 0
+    stats_rounds: int = 0
+    count_rounds: int = 0
     upload_bytes: int = 0
-    _per_client: list[int] = field(default_factory=list)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds of messages so far: tilt statistics plus quantile counts."""
+        return self.stats_rounds + self.count_rounds
 
     def __post_init__(self) -> None:
         if not self.clients:
@@ -48,11 +53,11 @@ class Federation:
     def stats(self, lam: np.ndarray, center: np.ndarray | None = None) -> TiltStats:
         parts = [client.stats(lam, center) for client in self.clients]  # one message per client
         num_values = len(lam)
-        self.rounds += 1
+        self.stats_rounds += 1
         self.upload_bytes += len(parts) * FLOAT_BYTES * (3 + num_values + num_values * num_values)
         return merge_stats(parts)
 
     def count_at_most(self, value: int, threshold: float) -> float:
-        self.rounds += 1
+        self.count_rounds += 1
         self.upload_bytes += len(self.clients) * FLOAT_BYTES
         return sum(client.count_at_most(value, threshold) for client in self.clients)
