@@ -264,9 +264,9 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
     from firm.data import PromptFileError, federated_prompts
     from firm.objectives import ObjectiveError, resolve_objective
     from firm.palette import PaletteSolveError
-    from firm.palette.plots import feasible_region, plot_palette, plot_region
+    from firm.palette.plots import plot_palette, plot_region
     from firm.palette.sampling import best_of_n as decode_best_of_n
-    from firm.palette.sampling import solve_federated
+    from firm.palette.sampling import palette_record, solve_federated
     from firm.policy import PolicyError, build_policy
     from firm.rundir import write_atomic
 
@@ -292,7 +292,7 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
     except (ObjectiveError, PaletteSolveError) as err:
         print(f"firm: error: {err}", file=sys.stderr)
         return 1
-    record = solution.to_dict()
+    record = palette_record(solution, federation, config)
     print(
         f"palette on {record['clients']} clients, {solution.num_samples:g} reference samples "
         f"({config.palette.prompts_per_client or 'all'} prompts x {config.palette.samples_per_prompt} per client); "
@@ -329,10 +329,6 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
                 print(f"{name:<16s}{target}{result.reference[m]:11.4f}{result.best_of_n[m]:11.4f}{result.tilted[m]:11.4f}")
     out_dir = Path(out) if out else Path(config.output.dir) / f"palette-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if len(names) == 2 and config.palette.region:
-        before = federation.rounds
-        record["region"] = feasible_region(federation, names)
-        record["region_rounds"] = federation.rounds - before
     record["objectives"] = names
     write_atomic(out_dir / "palette.json", json.dumps(record, indent=2) + "\n")
     figures = {"palette": plot_palette(record, decoding=decoding)}

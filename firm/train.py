@@ -292,8 +292,7 @@ def _palette(
 
     from firm.config import check_palette_engine
     from firm.palette import PaletteInfeasible
-    from firm.palette.plots import feasible_region
-    from firm.palette.sampling import solve_federated
+    from firm.palette.sampling import palette_record, solve_federated
 
     check_palette_engine(config)
     if resume_from is not None and (resume_from / "palette.json").is_file():
@@ -301,15 +300,7 @@ def _palette(
     solution, federation = solve_federated(policy, objectives, prompts.clients, config)
     if not solution.feasible:
         raise PaletteInfeasible(f"palette.targets {config.palette.targets!r}: {solution.reason}")
-    record = solution.to_dict()
-    record["weights"] = config.palette.weights
-    if len(solution.names) == 2 and config.palette.region:
-        before = federation.rounds
-        try:
-            record["region"] = feasible_region(federation, solution.names)
-            record["region_rounds"] = federation.rounds - before
-        except Exception as err:  # a plot must never stop training
-            record["region_error"] = f"{type(err).__name__}: {err}"
+    record = palette_record(solution, federation, config)
     if solution.met_by_reference:
         record["note"] = "the reference already meets every target; training keeps objectives.preference"
         return record, config

@@ -16,9 +16,9 @@ import pytest
 from firm.config import Config, load_config
 
 
-def tiny_config(tmp_path: Path, *overrides: str) -> Config:
-    """2 clients x 2 rounds x 2 objectives on the tiny model: the end-to-end smoke size."""
-    base = [
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    """The dotted overrides of `tiny_config`, for tests that go through the CLI."""
+    return [
         "model.name=tiny",
         'objectives.names=["positiveness", "conciseness"]',
         'data.sources=["builtin"]',
@@ -34,6 +34,11 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
         f"output.dir={tmp_path.as_posix()!r}".replace("'", '"'),
         "output.progress=false",
     ]
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    """2 clients x 2 rounds x 2 objectives on the tiny model: the end-to-end smoke size."""
+    base = tiny_overrides(tmp_path)
     return load_config(None, [*base, *overrides])
 
 

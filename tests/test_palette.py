@@ -23,28 +23,13 @@ from firm.palette.sampling import client_reward_samples, select, solve_federated
 from firm.policy import build_policy
 from firm.report import load_run, palette_rows, report_table
 from firm.train import run
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_overrides
 
 NAMES = ["positiveness", "conciseness"]
 
 
 def _cli_args(tmp_path: Path) -> list[str]:
-    return [
-        "model.name=tiny",
-        'objectives.names=["positiveness", "conciseness"]',
-        'data.sources=["builtin"]',
-        "data.partition=iid",
-        "data.provocative_ratios=[]",
-        "federation.num_clients=2",
-        "federation.clients_per_round=2",
-        "federation.rounds=2",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=12",
-        "eval.num_prompts=4",
-        "palette.prompts_per_client=6",
-        f"output.dir={tmp_path.as_posix()}",
-        "output.progress=false",
-    ]
+    return [*tiny_overrides(tmp_path), "palette.prompts_per_client=6"]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,6 +117,25 @@ def solve_federated(
         samples_per_prompt=config.palette.samples_per_prompt,
     )
     return solution, federation
+
+
+def palette_record(solution: PaletteSolution, federation: Federation, config: Config) -> dict[str, Any]:
+    """palette.json's content: the solution, the preference rule and (M = 2, `palette.region`) the region.
+
+    The region is a plot: if it fails, the record says why and nothing else stops.
+    """
+    from firm.palette.plots import feasible_region
+
+    record = solution.to_dict()
+    record["weights"] = config.palette.weights
+    if len(solution.names) == 2 and config.palette.region:
+        before = federation.rounds
+        try:
+            record["region"] = feasible_region(federation, solution.names)
+            record["region_rounds"] = federation.rounds - before
+        except Exception as err:
+            record["region_error"] = f"{type(err).__name__}: {err}"
+    return record
 
 
 @dataclass(frozen=True)
