@@ -59,6 +59,9 @@ def problem_sampler(
             generator=torch_generator(policy.device, seed, round_idx, client_id, step, ROLLOUT),
             vjp=alg.vjp,
             timer=timer,
+            engine=ro.engine,
+            precision=ro.precision,
+            logprobs=alg.logprobs,
         )
 
     return sample_problem

@@ -62,6 +62,10 @@ class RolloutConfig:
     """Maximum completion length in tokens."""
     temperature: float = 1.0
     """Sampling temperature; log-probabilities for the loss use the same temperature."""
+    engine: Literal["fast", "plain"] = "fast"
+    """Sampler: `fast` (LoRA merged for the rollout, preallocated KV cache and mask) or `plain` (the reference path)."""
+    precision: Literal["model", "int8"] = "model"
+    """Rollout weights: `model` (the policy's own) or `int8` (CPU only: int8 copy for sampling, importance-corrected loss)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class AlgorithmConfig:
     """fmgda: preference-steered variant (not in the paper): FIRM's regularised solve (anchor p, algorithm.reg) at the server."""
     vjp: Literal["loop", "batched"] = "loop"
     """How the M per-objective gradients are taken: M backward passes of one graph, or one vmapped backward."""
+    logprobs: Literal["fast", "plain"] = "fast"
+    """Training/reference forward: `fast` (prompt prefix once per prompt, fused LM head) or `plain` (the reference path)."""
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from firm.data import Prompt
 from firm.local_step import Timer, flatten
 from firm.objectives import Objective, score
 from firm.policy import Policy
-from firm.rollout import Rollout, sample, token_logprobs
+from firm.rollout import Engine, LogprobMethod, Precision, Rollout, sample, token_logprobs
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
@@ -90,22 +90,33 @@ class PolicyGradientProblem:
         generator: torch.Generator,
         vjp: Literal["loop", "batched"] = "loop",
         timer: Timer | None = None,
+        engine: Engine = "fast",
+        precision: Precision = "model",
+        logprobs: LogprobMethod = "fast",
     ) -> None:
         self.policy = policy
         self.temperature = temperature
         self.beta_kl = beta_kl
         self.clip_eps = clip_eps
         self.vjp = vjp
+        self.logprobs: LogprobMethod = logprobs
         self.timer = timer or Timer(policy.device)
         self.params = list(policy.params.values())
 
         with self.timer.phase("rollout"):
             self.rollout: Rollout = sample(
-                policy, [p.text for p in prompts], samples_per_prompt, max_new_tokens, temperature, generator
+                policy,
+                [p.text for p in prompts],
+                samples_per_prompt,
+                max_new_tokens,
+                temperature,
+                generator,
+                engine=engine,
+                precision=precision,
             )
         device = policy.device
         with self.timer.phase("forward"), torch.no_grad(), policy.reference():
-            self.ref_logprobs = token_logprobs(policy, self.rollout, temperature)  # [S, T]
+            self.ref_logprobs = token_logprobs(policy, self.rollout, temperature, logprobs)  # [S, T]
         self.mask = self.rollout.completion_mask  # [S, T]
         with self.timer.phase("scoring"):
             rewards = score(
@@ -119,7 +130,9 @@ class PolicyGradientProblem:
             )  # [S, M]
         self.rewards = rewards
         self.advantages = group_advantages(rewards, samples_per_prompt, advantage_eps).to(device)  # [S, M]
-        self.old_logprobs: torch.Tensor | None = None
+        # The sampling policy's log-probs: pi_theta's own on the first epoch (ratio 1), or the int8
+        # sampler's mu, so that rho = pi_theta / mu corrects for sampling from a different policy.
+        self.old_logprobs: torch.Tensor | None = self.rollout.behaviour_logprobs
         self.num_tokens = self.mask.sum().clamp(min=1.0)
         self.num_samples = self.rollout.num_sequences
         self.stats: dict[str, float | list[float]] = {
@@ -130,7 +143,7 @@ class PolicyGradientProblem:
     def _logprobs_and_cotangents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward with grad; returns logp [S, T], objective cotangents [M, S, T], KL cotangent [S, T]."""
         with self.timer.phase("forward"), self.policy.lora_dropout():
-            logp = token_logprobs(self.policy, self.rollout, self.temperature)  # [S, T]
+            logp = token_logprobs(self.policy, self.rollout, self.temperature, self.logprobs)  # [S, T]
         if self.old_logprobs is None:
             self.old_logprobs = logp.detach()
         # Zero the log-ratios where the mask is 0 before exp: positions after EOS hold pad tokens
