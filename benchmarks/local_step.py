@@ -1,13 +1,17 @@
-"""Benchmark: FIRM's local step time vs FedAvg's, on the same rollouts, at M = 2 and M = 4.
+"""Benchmark: FIRM's local step time vs FedAvg's at M = 2, 3, 4, and the fast paths vs the plain ones.
 
-Both algorithms run K local steps from the same adapter with the same rollout seeds (the first
-rollout is identical token for token; later ones differ only through the parameters), same
-B, G, K. Repetitions are interleaved (FIRM, FedAvg, FIRM, ...) so machine noise hits both alike.
-Prints the ratio FIRM / FedAvg of the median time per local step, the absolute times for context,
-and the share of each phase. FIRM runs with the default `vjp = loop` (M backward passes of one graph)
-and is also timed with `vjp = batched` (one vmapped backward).
+Every variant runs K local steps from the same adapter with the same rollout seeds (the first
+rollout is identical token for token; later ones differ only through the parameters), same B, G,
+K. Repetitions are interleaved (FIRM, FedAvg, FIRM, ...) so machine noise hits all alike. Prints
+the ratio FIRM / FedAvg of the median time per local step (the price of the weighting), the
+absolute times for context, and the share of each phase.
 
-    python benchmarks/local_step.py [--model tiny] [--reps 10] [--steps 2] [--prompts 4] [--samples 4] [--tokens 24]
+Variants: `fedavg` and `firm` on the fast paths (rollout.engine = fast, algorithm.logprobs = fast)
+with vjp = loop, `firm (vjp=batched)`, and at M = 2 also `firm (plain)`: every plain reference
+path (rollout.engine = plain, algorithm.logprobs = plain, vjp = loop), so the speed-up of the fast
+paths is measured in the same run.
+
+    python benchmarks/local_step.py [--model smollm2-135m] [--reps 3] [--steps 1] [--prompts 4] [--samples 4] [--tokens 32]
 """
 
 from __future__ import annotations
@@ -59,12 +63,13 @@ def time_algorithm(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=2, help="K local steps per measurement")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1, help="K local steps per measurement")
     parser.add_argument("--prompts", type=int, default=4, help="B")
     parser.add_argument("--samples", type=int, default=4, help="G")
-    parser.add_argument("--tokens", type=int, default=24, help="max new tokens")
+    parser.add_argument("--tokens", type=int, default=32, help="max new tokens")
+    parser.add_argument("--objectives", type=int, nargs="+", default=[2, 3, 4], help="the values of M")
     args = parser.parse_args()
 
     REGISTRY.setdefault("questions", questions)
@@ -73,8 +78,10 @@ def main() -> int:
         f"model {args.model}, B={args.prompts}, G={args.samples}, K={args.steps}, max_new_tokens={args.tokens}, reps={args.reps}\n"
     )
     shard = load_prompts("builtin")
-    policy = None
-    for names in (["positiveness", "conciseness"], ["positiveness", "conciseness", "diversity", "questions"]):
+    policy: Any = None
+    all_names = ["positiveness", "conciseness", "diversity", "questions"]
+    for m in args.objectives:
+        names = all_names[:m]
         overrides = [
             f"model.name={args.model}",
             f"objectives.names={names!r}".replace("'", '"'),
@@ -86,37 +93,46 @@ def main() -> int:
         config = load_config(None, overrides)
         if policy is None:
             policy = build_policy(config.model, config.lora, seed=0)
+            with torch.no_grad():  # a non-trivial adapter, as after some training (B = 0 at init)
+                gen = torch.Generator().manual_seed(0)
+                for p in policy.params.values():
+                    p.add_(0.01 * torch.randn(p.shape, generator=gen))
         objectives = [(n, REGISTRY[n]) for n in names]
         start_adapter = policy.get_adapter()
-        batched_config = load_config(None, [*overrides, "algorithm.vjp=batched"])
-        times: dict[str, list[float]] = {"firm": [], "fedavg": [], "firm (vjp=batched)": []}
-        phases: dict[str, dict[str, float]] = {k: {} for k in times}
+        variants: dict[str, tuple[str, Any]] = {
+            "firm": ("firm", config),
+            "fedavg": ("fedavg", config),
+            "firm (vjp=batched)": ("firm", load_config(None, [*overrides, "algorithm.vjp=batched"])),
+        }
+        if m == 2:
+            plain = ["rollout.engine=plain", "algorithm.logprobs=plain", "algorithm.vjp=loop"]
+            variants["firm (plain)"] = ("firm", load_config(None, [*overrides, *plain]))
+            variants["fedavg (plain)"] = ("fedavg", load_config(None, [*overrides, *plain]))
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        phases: dict[str, dict[str, float]] = {k: {} for k in variants}
         # One untimed warm-up of each, then interleaved repetitions on the same seeds.
         for rep in range(args.reps + 1):
-            for kind, cfg in (("firm", config), ("fedavg", config), ("firm (vjp=batched)", batched_config)):
+            for label, (kind, cfg) in variants.items():
                 policy.set_adapter(start_adapter)
-                seconds, totals = time_algorithm(policy, cfg, objectives, shard, kind.split()[0], seed_round=rep)
+                seconds, totals = time_algorithm(policy, cfg, objectives, shard, kind, seed_round=rep)
                 if rep == 0:
                     continue
-                times[kind].append(seconds)
+                times[label].append(seconds)
                 for phase, t in totals.items():
-                    phases[kind][phase] = phases[kind].get(phase, 0.0) + t
+                    phases[label][phase] = phases[label].get(phase, 0.0) + t
         policy.set_adapter(start_adapter)
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"M = {len(names)} objectives: {', '.join(names)}")
+        print(f"M = {m} objectives: {', '.join(names)}")
         print(f"  ratio FIRM / FedAvg local step time: {med['firm'] / med['fedavg']:.3f}")
         print(f"  ratio FIRM (vjp=batched) / FedAvg:   {med['firm (vjp=batched)'] / med['fedavg']:.3f}")
+        if m == 2:
+            print(f"  speed-up of the fast paths, FIRM plain / FIRM fast:     {med['firm (plain)'] / med['firm']:.2f}x")
+            print(f"  speed-up of the fast paths, FedAvg plain / FedAvg fast: {med['fedavg (plain)'] / med['fedavg']:.2f}x")
         for kind, t in med.items():
             total = sum(phases[kind].values())
             shares = ", ".join(f"{p} {100 * v / total:.0f}%" for p, v in sorted(phases[kind].items(), key=lambda kv: -kv[1]))
             print(f"  {kind:20s} {1000 * t:8.1f} ms/step   {shares}")
-        grad_part = {
-            k: (phases[k].get("forward", 0) + phases[k].get("backward", 0) + phases[k].get("solve", 0))
-            for k in ("firm", "fedavg")
-        }
-        print(
-            f"  gradient part only (forward + backward + solve), FIRM / FedAvg: {grad_part['firm'] / grad_part['fedavg']:.3f}\n"
-        )
+        print()
     return 0
 
 
