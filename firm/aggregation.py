@@ -3,8 +3,9 @@
     Deltabar = sum_i w_i Delta_i,   w_i proportional to client i's number of samples
     theta^{t+1} = theta^t + eta_g Deltabar
 
-The server keeps running sums, never the N client deltas: memory O(d), not O(N d). The same
-sums give the update drift of DESIGN.md section 5 without a second pass:
+The server keeps running sums, never the N client deltas: memory O(d), not O(N d). (While the
+norm screen waits for a round's median, its updates wait on disk: `firm.robust.SpilledUpdates`.)
+The same sums give the update drift of DESIGN.md section 5 without a second pass:
 
     drift.updates = mean_i ||Delta_i - Deltabar||^2 / ||Deltabar||^2
                   = (mean_i ||Delta_i||^2 - 2 <mean_i Delta_i, Deltabar> + ||Deltabar||^2) / ||Deltabar||^2

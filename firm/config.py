@@ -219,6 +219,18 @@ class PaletteConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    kind: Literal["none", "int8", "topk"] = "none"
+    """How client uploads travel (docs/compression.md): `none` (float, as trained), `int8` (8-bit values + a float32 scale per block), `topk` (the largest entries as int32 indices + float32 values). The server decodes before screening and aggregating; downloads and FedCMOO's probes are never compressed. Not `algorithm.compression` (FedCMOO's probe budget)."""
+    block: int = 0
+    """int8: values per quantisation block of each flattened tensor, each block with its own scale max|x| / 127; 0 = one scale per tensor."""
+    topk: float = 0.1
+    """topk: fraction f in (0, 1] of each tensor's entries sent (those of largest |value|, ceil(f n) of n)."""
+    error_feedback: bool = True
+    """Error feedback (EF-SGD): the client adds what compression dropped from its last upload to the next one; the residual stays in the client's state (checkpointed), it is never uploaded."""
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -232,6 +244,7 @@ class Config:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     palette: PaletteConfig = field(default_factory=PaletteConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     @property
     def num_objectives(self) -> int:
@@ -432,6 +445,7 @@ def validate(config: Config) -> None:
         if not value >= 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     _validate_palette(config)
+    _validate_compression(config.compression)
     if config.rollout.samples_per_prompt < 2:
         raise ConfigError("rollout.samples_per_prompt: must be >= 2 (group-relative advantages need a group)")
     if not config.lora.target_modules:
@@ -466,6 +480,13 @@ def _validate_palette(config: Config) -> None:
         raise ConfigError(f"palette.targets: {err}") from None
     if config.algorithm.name in REFERENCES:
         raise ConfigError(f"palette.targets: not supported for the reference {config.algorithm.name!r}")
+
+
+def _validate_compression(comp: CompressionConfig) -> None:
+    if comp.block < 0:
+        raise ConfigError(f"compression.block: must be >= 0 (0 = one scale per tensor), got {comp.block}")
+    if not 0 < comp.topk <= 1:
+        raise ConfigError(f"compression.topk: must be a fraction in (0, 1], got {comp.topk}")
 
 
 def check_palette_engine(config: Config) -> None:

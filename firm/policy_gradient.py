@@ -4,7 +4,8 @@ For a batch of B prompts x G samples (S = B * G sequences, T completion tokens, 
 real completion tokens in the batch):
 
     advantages  A[s, m] = (r[s, m] - mean_g r[., m]) / (std_g r[., m] + eps)     per prompt group
-    ratio       rho[s, t] = exp(logp[s, t] - logp_old[s, t])                     1 on the first epoch
+    ratio       rho[s, t] = exp(logp[s, t] - logp_old[s, t])     1 on the first epoch (logp_old = the sampler's
+                                                                 log mu with rollout.precision = int8)
     L_m         = -(1/N) sum_{s,t} min(rho A[s, m], clip(rho, 1 - c, 1 + c) A[s, m])    token-level
     KL          = (1/N) sum_{s,t} k3[s, t],  k3 = exp(ref - logp) - (ref - logp) - 1    (Schulman's k3)
     f_m = L_m + beta_kl KL,   g_m = df_m / dtheta                             (LoRA parameters only)
@@ -32,6 +33,12 @@ reweighting; the expected gradient of that loss is the gradient of KL(pi_ref || 
 reverse direction of DESIGN.md section 1's KL(pi_theta || pi_ref). The two agree to second order
 near the reference, which is where beta_kl keeps the policy; the logged `kl` (evaluation) is the
 exact KL(pi_theta || pi_ref).
+
+Speed (docs/performance.md): the rollout uses `rollout.engine` / `rollout.precision`, the two
+forwards use `algorithm.logprobs` (`fast`: prompt prefix once per prompt and the fused LM head of
+`firm.rollout`), all equal to the plain paths to float rounding except the int8 sampler, whose
+policy mu differs from pi_theta: its log-probs become logp_old, so rho = pi_theta / mu corrects
+the first epoch's surrogate for sampling from mu (PPO's clipped importance ratio).
 
 Deliberate choices: the std in the advantage is the population std over the G samples; a group
 whose rewards are all equal gets advantage 0. Log-probs use the sampling temperature.

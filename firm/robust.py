@@ -1,26 +1,38 @@
 """Checks on client updates before aggregation, and robust aggregation rules (README "Reliability").
 
-Every engine passes each round's updates through `screen` before they reach the aggregator:
+Every engine passes each round's updates through these checks before they reach the aggregator:
 - `check_update`: the payload count, tensor names, shapes and dtypes must be those of the global
   adapter, and every value finite; otherwise the update is rejected with the reason;
 - norm screening: an update whose L2 norm exceeds `max_norm_ratio` x the round's median norm
   (over the updates that passed the first check, when there are 3 or more) is rejected.
 Rejected updates are recorded in the round's `dropped` and never averaged in.
 
+The norm screen needs the round's median before it can accept anyone, so the engines hold a
+round's updates in `SpilledUpdates`: each update is checked and its norm taken when it arrives,
+then only its scalars (client, sample count, norm) stay in memory and its tensors' raw bytes go
+into a buffer that moves to an unnamed temporary file beyond `SPILL_AFTER_BYTES`. When the round
+ends, the median decides, and the passing updates are read back one at a time, in arrival order,
+into the aggregator: server memory O(d) plus the spill threshold, not O(clients x d), with the
+same accepted set and the same aggregate, bit for bit, as `screen` over the decoded updates.
+
 `RobustMean` replaces the sample-weighted running mean of the one-adapter algorithms with a
 coordinate-wise median or trimmed mean, optionally after clipping each delta to a maximum norm.
-These rules keep the round's deltas in memory (O(clients_per_round x d), not O(d)), and they
-change what FIRM's analysis assumes: the server step is no longer the weighted mean of the
-client deltas, so the drift bound and the convergence rate of the paper do not apply as stated
+These rules need every delta of the round at once, so they keep them in memory (float64,
+O(clients_per_round x d), not O(d): the spill above does not help them). They also change what
+FIRM's analysis assumes: the server step is no longer the weighted mean of the client deltas,
+so the drift bound and the convergence rate of the paper do not apply as stated
 (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 
 import torch
 
@@ -79,31 +91,167 @@ class Candidate:
     weight: float
 
 
+def rejection(candidate: Candidate, reference: Adapter, expected: int) -> str | None:
+    """Why this update fails the per-update checks (`check_update`, a positive finite sample count); None if it passes."""
+    reason = check_update(candidate.uploads, reference, expected)
+    if reason is None and not (math.isfinite(candidate.weight) and candidate.weight > 0):
+        reason = f"rejected: sample count {candidate.weight} is not positive"
+    return reason
+
+
+def norm_rejections(norms: dict[int, float], max_norm_ratio: float) -> dict[int, str]:
+    """The clients whose update norm exceeds `max_norm_ratio` x the median of `norms`, with the reason.
+
+    Off (nothing rejected) when `max_norm_ratio` <= 0 or fewer than 3 updates passed the other checks.
+    """
+    if max_norm_ratio <= 0 or len(norms) < 3:
+        return {}
+    median = statistics.median(norms.values())
+    limit = max_norm_ratio * median
+    return {
+        client_id: f"rejected: update norm {norm:.4g} > {max_norm_ratio:g} x the round's median {median:.4g}"
+        for client_id, norm in norms.items()
+        if norm > limit
+    }
+
+
 def screen(
     candidates: Sequence[Candidate], reference: Adapter, expected: int, max_norm_ratio: float
 ) -> tuple[list[Candidate], dict[int, str]]:
-    """The candidates that pass `check_update` and the norm screen, and the reasons for the others."""
+    """The candidates that pass `rejection` and the norm screen, and the reasons for the others.
+
+    Needs every decoded update of the round at once; the engines use `SpilledUpdates`, which
+    decides the same way while holding the updates' bytes out of memory.
+    """
     rejected: dict[int, str] = {}
     passed: list[Candidate] = []
     for c in candidates:
-        reason = check_update(c.uploads, reference, expected)
-        if reason is None and not (math.isfinite(c.weight) and c.weight > 0):
-            reason = f"rejected: sample count {c.weight} is not positive"
+        reason = rejection(c, reference, expected)
         if reason is None:
             passed.append(c)
         else:
             rejected[c.client_id] = reason
     if max_norm_ratio > 0 and len(passed) >= 3:
-        norms = {c.client_id: update_norm(c.uploads) for c in passed}
-        median = statistics.median(norms.values())
-        limit = max_norm_ratio * median
-        for c in list(passed):
-            if norms[c.client_id] > limit:
-                rejected[c.client_id] = (
-                    f"rejected: update norm {norms[c.client_id]:.4g} > {max_norm_ratio:g} x the round's median {median:.4g}"
-                )
-                passed.remove(c)
+        too_large = norm_rejections({c.client_id: update_norm(c.uploads) for c in passed}, max_norm_ratio)
+        rejected.update(too_large)
+        passed = [c for c in passed if c.client_id not in too_large]
     return passed, rejected
+
+
+SPILL_AFTER_BYTES = 2**20
+"""Bytes of held updates a round keeps in memory before `SpilledUpdates` moves them to a temporary file.
+
+Small rounds of small adapters (tests, a few tiny-model clients) never touch the disk; larger
+ones cost at most this much memory above O(d), and one write and one read of each update
+(benchmarks/aggregation.py)."""
+
+
+@dataclass
+class _Held:
+    """What stays in memory of an update that passed the per-update checks: scalars and where its bytes are."""
+
+    client_id: int
+    weight: float
+    norm: float  # L2 norm over its payloads (NaN when the norm screen is off)
+    offset: int  # where its first payload starts in the spill; the others follow it
+    orders: list[tuple[str, ...]]  # each payload's tensor names in the order received (shared tuples)
+
+
+class SpilledUpdates:
+    """A round's updates waiting for the norm screen, in O(d) memory (module docstring).
+
+    `add` applies the per-update checks at once, keeps the passing update's norm and weight in
+    memory and writes its tensors' raw bytes to a `tempfile.SpooledTemporaryFile`: in memory up
+    to `spill_after` bytes (default `SPILL_AFTER_BYTES`), then in a file in `directory` (default:
+    the system's temporary directory, `TMPDIR`) that has no name on POSIX (unlinked when created),
+    so the kernel frees it when it is closed or the process dies, even by SIGKILL. `screen` then decides as `screen` above does, and `passed` reads the accepted
+    updates back one at a time. Use it as a context manager (or call `close`) so the spill goes
+    at round end, also on error.
+
+    The spill keeps the decoded tensors, not the bytes that came over the wire: it then holds
+    exactly what was screened whatever the engine's wire format (safetensors, Flower records, a
+    compressed upload), and needs no header, since an update that passed `check_update` has the
+    reference's names, shapes and dtypes: only the order of its names is kept, so it reads back
+    as the same dict, bit for bit and in the same order (the aggregator's float64 sums over
+    tensors, e.g. sum_i ||Delta_i||^2, then add in the same order as from the decoded update).
+    """
+
+    def __init__(
+        self,
+        reference: Adapter,
+        expected: int,
+        max_norm_ratio: float,
+        spill_after: int | None = None,
+        directory: str | None = None,
+    ) -> None:
+        self.reference, self.expected, self.max_norm_ratio = reference, expected, max_norm_ratio
+        limit = SPILL_AFTER_BYTES if spill_after is None else spill_after
+        self.spill = tempfile.SpooledTemporaryFile(max_size=limit, dir=directory)  # noqa: SIM115 (closed in close)
+        self.payload_bytes = sum(t.numel() * t.element_size() for t in reference.values())
+        self.held: list[_Held] = []
+        self.rejected: dict[int, str] = {}  # client -> why, from the per-update checks, in arrival order
+        self.size = 0  # bytes written to the spill
+        self._orders: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct name order
+
+    def add(self, candidate: Candidate) -> None:
+        """Check one update now; keep its scalars and spill its tensors, or record why it was rejected."""
+        reason = rejection(candidate, self.reference, self.expected)
+        if reason is not None:
+            self.rejected[candidate.client_id] = reason
+            return
+        norm = update_norm(candidate.uploads) if self.max_norm_ratio > 0 else math.nan
+        held = _Held(candidate.client_id, candidate.weight, norm, self.size, [])
+        for upload in candidate.uploads:
+            order = tuple(upload)
+            held.orders.append(self._orders.setdefault(order, order))
+            for t in upload.values():
+                self.spill.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            self.size += self.payload_bytes
+        self.held.append(held)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the spill has moved from memory to its temporary file."""
+        return not isinstance(self.spill._file, io.BytesIO)
+
+    def screen(self) -> dict[int, str]:
+        """Every rejected update of the round with the reason: the per-update checks', then the norm screen's."""
+        rejected = dict(self.rejected)
+        rejected.update(norm_rejections({h.client_id: h.norm for h in self.held}, self.max_norm_ratio))
+        return rejected
+
+    def passed(self) -> Iterator[Candidate]:
+        """The updates that pass `screen`, read back from the spill one at a time, in arrival order."""
+        rejected = self.screen()
+        for held in self.held:
+            if held.client_id in rejected:
+                continue
+            self.spill.seek(held.offset)
+            uploads = []
+            for order in held.orders:
+                data = bytearray(self.payload_bytes)  # the payload's tensors are views of it
+                self.spill.readinto(data)
+                upload, start = {}, 0
+                for name in order:
+                    ref = self.reference[name]
+                    if ref.numel() == 0:  # frombuffer refuses empty views
+                        upload[name] = torch.empty(ref.shape, dtype=ref.dtype)
+                        continue
+                    flat = torch.frombuffer(data, dtype=ref.dtype, count=ref.numel(), offset=start)
+                    upload[name] = flat.view(ref.shape)
+                    start += ref.numel() * ref.element_size()
+                uploads.append(upload)
+            yield Candidate(held.client_id, uploads, held.weight)
+
+    def close(self) -> None:
+        """Remove the spill (idempotent)."""
+        self.spill.close()
+
+    def __enter__(self) -> SpilledUpdates:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
+        self.close()
 
 
 class RobustMean(RunningMean):

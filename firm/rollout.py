@@ -159,8 +159,9 @@ class Int8Sampler:
         plain.eval()
         self.lora_names: dict[str, Any] = {}
         prefix = "base_model.model."
+        lora = {id(layer) for layer in _lora_layers(policy.model)}
         for name, module in policy.model.named_modules():
-            if module in _lora_layers(policy.model):
+            if id(module) in lora:
                 self.lora_names[name.removeprefix(prefix)] = module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao deprecation notices

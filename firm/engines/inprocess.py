@@ -2,8 +2,10 @@
 
 One base model lives in memory; before a client runs, the global adapter is decoded from the
 broadcast payload and copied into the live LoRA parameters; the client's upload is encoded,
-counted, decoded and fed to the server's running aggregate (memory O(d) whatever the number of
-clients). Per-client algorithm state is kept here between rounds, not in the algorithm.
+counted, decoded and fed to the server's running aggregate, or, while the norm screen waits for
+the round's median, held in `firm.robust.SpilledUpdates`, which spills them to disk (memory O(d)
+whatever the number of clients). Per-client algorithm state is kept here between rounds, not in
+the algorithm.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from firm.algorithms import Algorithm
 from firm.algorithms.protocol import Aggregator, ClientUpdate, TwoRoundTrips
 from firm.client import problem_sampler, sample_clients
 from firm.codec import Adapter, decode, encode
-from firm.config import Config
+from firm.compression import decode_upload, encode_uploads
+from firm.config import CompressionConfig, Config
 from firm.data import Prompt, PromptFileError
 from firm.local_step import LocalProblem, Timer
 from firm.objectives import Objective, ObjectiveError
 from firm.policy import Policy
-from firm.robust import Candidate, check_enough, screen
+from firm.robust import Candidate, SpilledUpdates, check_enough, screen
 
 USER_ERRORS = (ObjectiveError, PromptFileError, KeyboardInterrupt)
 """Errors of the user's input or the user's wish: they stop the run instead of dropping a client."""
@@ -98,6 +101,8 @@ class InProcessEngine:
         # False for the non-federated references (centralized, local): the payloads still take the
         # same path through the codec, but nothing is sent, so nothing is counted.
         self.communicate = communicate
+        # Compression is a property of the wire: the references, which send nothing, lose nothing either.
+        self.compression = config.compression if communicate else CompressionConfig()
         self.client_wrapper = client_wrapper
 
     def _run_client(self, round_idx: int, client_id: int, call: ClientCall, dropped: dict[int, str]) -> ClientUpdate | None:
@@ -125,6 +130,12 @@ class InProcessEngine:
         return _with_deadline(sampler, time.monotonic() + limit, limit) if limit > 0 else sampler
 
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
+        """One round; the updates it holds for the norm screen are removed when it ends, also on error."""
+        expected = expected_uploads(self.algorithm, self.config)
+        with SpilledUpdates(global_adapter, expected, self.config.aggregation.max_norm_ratio) as candidates:
+            return self._round(round_idx, global_adapter, candidates, on_client_done)
+
+    def _round(self, round_idx: int, global_adapter: Adapter, candidates: SpilledUpdates, on_client_done: Any) -> RoundOutcome:
         fed = self.config.federation
         timer = Timer(self.policy.device)
         client_ids = sample_clients(fed.seed, round_idx, fed.num_clients, fed.clients_per_round)
@@ -169,7 +180,6 @@ class InProcessEngine:
         aggregator = self.algorithm.new_aggregator()
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
-        candidates: list[Candidate] = []
         expected = expected_uploads(self.algorithm, self.config)
         for client_id in client_ids:
             if client_id in dropped:  # failed its probe
@@ -193,13 +203,15 @@ class InProcessEngine:
                 on_client_done(client_id)
             if update is None:
                 continue
-            with timer.phase("communication"):
-                payloads = [encode(upload) for upload in update.uploads]
+            with timer.phase("communication"):  # the client encodes (compresses), the server decodes
+                payloads, residuals = encode_uploads(update.uploads, self.compression, state)
                 upload_bytes += sum(len(p) for p in payloads)
-                uploads = [decode(p) for p in payloads]
+                dtypes = {name: t.dtype for name, t in global_adapter.items()}
+                uploads = [decode_upload(p, dtypes) for p in payloads]
             candidate = Candidate(client_id, uploads, float(update.num_samples))
-            if max_ratio > 0:  # the norm screen needs the whole round: keep the updates until it ends
-                candidates.append(candidate)
+            if max_ratio > 0:  # the norm screen needs the whole round: hold the updates (spilled) until it ends
+                with timer.phase("aggregation"):
+                    candidates.add(candidate)
             else:  # stream: memory O(d) whatever the number of clients
                 passed, rejected = screen([candidate], global_adapter, expected, 0.0)
                 dropped.update(rejected)
@@ -208,7 +220,7 @@ class InProcessEngine:
                         aggregator.add(c.uploads, c.weight)
             weights[client_id] = update.mean_weights
             steps[client_id] = update.steps
-            self.client_states[client_id] = update.client_state
+            self.client_states[client_id] = {**update.client_state, **residuals}  # error feedback stays on the client
         new_global, drift_updates, stats = close_round(
             self.config,
             self.algorithm,
@@ -250,7 +262,7 @@ def close_round(
     algorithm: Algorithm,
     global_adapter: Adapter,
     aggregator: Aggregator,
-    candidates: Sequence[Candidate],
+    candidates: SpilledUpdates,
     round_idx: int,
     client_ids: Sequence[int],
     dropped: dict[int, str],
@@ -258,16 +270,13 @@ def close_round(
     steps: dict[int, list[dict[str, Any]]],
     timer: Timer,
 ) -> tuple[Adapter, float, dict[str, Any]]:
-    """The server's end of a round, shared by the engines: screen the buffered updates and aggregate
-    those that pass, keep only aggregated clients in the logs, check there are enough (RoundFailed),
-    then the algorithm's server step. Returns the new global adapter, the update drift and the
-    aggregator's stats."""
+    """The server's end of a round, shared by the engines: screen the held updates and aggregate
+    those that pass (read back from the spill one at a time), keep only aggregated clients in the
+    logs, check there are enough (RoundFailed), then the algorithm's server step. Returns the new
+    global adapter, the update drift and the aggregator's stats."""
     with timer.phase("aggregation"):
-        passed, rejected = screen(
-            candidates, global_adapter, expected_uploads(algorithm, config), config.aggregation.max_norm_ratio
-        )
-        dropped.update(rejected)
-        for c in passed:
+        dropped.update(candidates.screen())
+        for c in candidates.passed():
             aggregator.add(c.uploads, c.weight)
     for client_id in dropped:  # the logs keep the clients whose update was aggregated
         weights.pop(client_id, None)

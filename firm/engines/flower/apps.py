@@ -37,11 +37,13 @@ from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
 from firm.algorithms.protocol import TwoRoundTrips
 from firm.client import problem_sampler
+from firm.compression import encode_uploads
 from firm.config import Config
 from firm.data import Prompt, federated_prompts, load_jsonl
 from firm.engines.flower.engine import FlowerEngine
 from firm.engines.flower.records import (
     adapter_to_record,
+    payload_to_record,
     put_json,
     record_to_adapter,
     records_to_state,
@@ -170,11 +172,18 @@ def client_train(msg: Message, context: Context) -> Message:
         update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer, plan=plan)  # type: ignore[call-arg]
     else:
         update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer)
+    content = RecordDict()
+    if stage == "probe" or config.compression.kind == "none":  # probes always travel uncompressed
+        for i, upload in enumerate(update.uploads):
+            content[f"upload.{i}"] = adapter_to_record(upload)
+    else:  # the in-process engine's encoding, as opaque bytes; the residual joins this node's state
+        with timer.phase("communication"):
+            payloads, residuals = encode_uploads(update.uploads, config.compression, state)
+        update.client_state.update(residuals)
+        for i, payload in enumerate(payloads):
+            content[f"upload.{i}"] = payload_to_record(payload)
     if stage != "probe":
         state_to_records(update.client_state, context.state, STATE)
-    content = RecordDict()
-    for i, upload in enumerate(update.uploads):
-        content[f"upload.{i}"] = adapter_to_record(upload)
     times = dict(timer.totals)
     put_json(
         content,

@@ -25,14 +25,15 @@ from firm.algorithms import Algorithm
 from firm.algorithms.protocol import TwoRoundTrips
 from firm.client import sample_clients
 from firm.codec import Adapter
+from firm.compression import decode_upload
 from firm.config import Config
 from firm.data import FederatedPrompts
-from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter
-from firm.engines.inprocess import RoundOutcome, close_round
+from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter, record_to_payload
+from firm.engines.inprocess import RoundOutcome, close_round, expected_uploads
 from firm.local_step import Timer
 from firm.objectives import Objective
 from firm.policy import Policy
-from firm.robust import Candidate, RoundFailed, check_enough
+from firm.robust import Candidate, RoundFailed, SpilledUpdates, check_enough
 
 
 class FlowerEngine:
@@ -92,6 +93,12 @@ class FlowerEngine:
     # ----------------------------------------------------------------- one round
 
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
+        """One round; the updates it holds for the norm screen are removed when it ends, also on error."""
+        expected = expected_uploads(self.algorithm, self.config)
+        with SpilledUpdates(global_adapter, expected, self.config.aggregation.max_norm_ratio) as candidates:
+            return self._round(round_idx, global_adapter, candidates, on_client_done)
+
+    def _round(self, round_idx: int, global_adapter: Adapter, candidates: SpilledUpdates, on_client_done: Any) -> RoundOutcome:
         fed = self.config.federation
         start = time.perf_counter()
         timer = Timer(self.policy.device)
@@ -125,18 +132,18 @@ class FlowerEngine:
         aggregator = self.algorithm.new_aggregator()
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
-        candidates: list[Candidate] = []
         for client_id, reply in replies:
             try:
                 with timer.phase("communication"):
-                    uploads, up_bytes = _uploads(reply.content)
+                    uploads, up_bytes = _uploads(reply.content, self.config.compression.kind != "none", global_adapter)
                 update = get_json(reply.content, "firm.update")
                 num_samples = float(update["num_samples"])
             except (KeyError, ValueError, TypeError) as err:  # a reply that is not a FIRM update
                 dropped[client_id] = f"rejected: malformed reply ({type(err).__name__}: {err})"
                 continue
             upload_bytes += up_bytes
-            candidates.append(Candidate(client_id, uploads, num_samples))
+            with timer.phase("aggregation"):
+                candidates.add(Candidate(client_id, uploads, num_samples))
             weights[client_id] = update["mean_weights"]
             steps[client_id] = update["steps"]
             for phase, seconds in update["times"].items():
@@ -227,11 +234,20 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll_s
     return replies
 
 
-def _uploads(content: RecordDict) -> tuple[list[Adapter], int]:
-    """The decoded upload payloads of a reply, and their bytes on the wire."""
+def _uploads(content: RecordDict, compressed: bool = False, reference: Adapter | None = None) -> tuple[list[Adapter], int]:
+    """The decoded upload payloads of a reply, and their bytes on the wire.
+
+    `compressed`: each record holds the bytes of a compressed upload (firm.compression), decoded
+    here to adapter-shaped tensors in the dtypes of `reference` (the global adapter).
+    """
     count = int(get_json(content, "firm.update")["uploads"])
     records = [content.array_records[f"upload.{i}"] for i in range(count)]
-    return [record_to_adapter(r) for r in records], sum(payload_bytes(r) for r in records)
+    if compressed:
+        dtypes = {name: t.dtype for name, t in (reference or {}).items()}
+        uploads = [decode_upload(record_to_payload(r), dtypes) for r in records]
+    else:
+        uploads = [record_to_adapter(r) for r in records]
+    return uploads, sum(payload_bytes(r) for r in records)
 
 
 def _say(text: str) -> None:

@@ -65,6 +65,16 @@ def record_to_adapter(record: ArrayRecord) -> Adapter:
     return {name: t.clone() for name, t in record.to_torch_state_dict().items()}
 
 
+def payload_to_record(payload: bytes) -> ArrayRecord:
+    """Opaque encoded bytes (a compressed upload, firm.compression) as a one-Array record of uint8."""
+    return ArrayRecord({"payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)})
+
+
+def record_to_payload(record: ArrayRecord) -> bytes:
+    """Inverse of `payload_to_record`; KeyError if the record holds no `payload` Array."""
+    return bytes(record["payload"].numpy().tobytes())
+
+
 def payload_bytes(record: ArrayRecord) -> int:
     """Bytes of an adapter payload in a message: the serialised record, its Arrays and their chunks.
 
