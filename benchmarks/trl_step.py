@@ -10,12 +10,15 @@ What each side does in one timed step (B prompts x G samples = S completions of 
 FIRM, through the project's code path (`firm.client.problem_sampler` + `firm.local_step.local_update`
 with K = 1 and the `Firm` weighting rule of `firm.algorithms.firm`), as `benchmarks/local_step.py`:
   1. sample: the B prompts through the chat template, ONE prefill of B rows, the KV cache repeated
-     G times, then the project's own decode loop (multinomial sampling at `rollout.temperature`,
-     full vocabulary) for up to T tokens, stopping early when every row has emitted EOS;
-  2. reference forward: one no-grad forward of the S sequences with the adapter disabled;
+     G times, then the project's own decode loop (`rollout.engine = fast`: LoRA merged for the
+     rollout, preallocated KV cache; multinomial sampling at `rollout.temperature`, full vocabulary)
+     for up to T tokens, stopping early when every row has emitted EOS (with `--int8`, a third FIRM
+     variant samples with `rollout.precision = int8`, importance-corrected);
+  2. reference forward: one no-grad forward with the adapter disabled (`algorithm.logprobs = fast`:
+     the prompt prefix once per prompt, the fused LM head);
   3. score: the M objectives (positiveness = VADER; conciseness = word count);
-  4. gradient forward: one forward of the S sequences with autograd on the LoRA parameters;
-  5. M backward passes of that one graph (`algorithm.vjp = loop`), giving g [M, d];
+  4. gradient forward: one forward with autograd on the LoRA parameters (fast log-probs as in 2);
+  5. M backward passes of that one graph (`algorithm.vjp`, the project's default), giving g [M, d];
   6. Gram matrix and FIRM's regularised weighting solve on CPU (float64);
   7. Adam step along d = sum_m lambda_m g_m (optimizer state reset per call, as in every round).
   Timed: wall time around `local_update` (prompt-batch choice to the end of the Adam step).
@@ -94,7 +97,7 @@ OBJECTIVE_SETS = (("positiveness",), ("positiveness", "conciseness"))
 """FIRM's objectives at M = 1 and M = 2; TRL runs the first set (M = 1)."""
 
 
-def build_config(args: argparse.Namespace, names: tuple[str, ...]) -> Config:
+def build_config(args: argparse.Namespace, names: tuple[str, ...], *extra: str) -> Config:
     """The project's default config with this benchmark's model, batch and objectives (CPU, fp32, K = 1)."""
     return load_config(
         None,
@@ -107,6 +110,7 @@ def build_config(args: argparse.Namespace, names: tuple[str, ...]) -> Config:
             f"rollout.samples_per_prompt={args.samples}",
             f"rollout.max_new_tokens={args.tokens}",
             "algorithm.local_steps=1",
+            *extra,
         ],
     )
 
@@ -237,6 +241,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=4, help="B")
     parser.add_argument("--samples", type=int, default=4, help="G")
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens T")
+    parser.add_argument("--int8", action="store_true", help="also time FIRM at M=2 with rollout.precision=int8")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5.x renames (e.g. gradient_checkpointing)
     try:
@@ -249,8 +254,10 @@ def main() -> int:
 
     from transformers import PrinterCallback
 
-    configs = {len(names): build_config(args, names) for names in OBJECTIVE_SETS}
-    config = configs[1]
+    configs = {f"M={len(names)}": build_config(args, names) for names in OBJECTIVE_SETS}
+    if args.int8:
+        configs["M=2 int8 rollouts"] = build_config(args, OBJECTIVE_SETS[1], "rollout.precision=int8")
+    config = configs["M=1"]
     seed, ro, alg, lora = config.federation.seed, config.rollout, config.algorithm, config.lora
     shard = load_prompts("builtin")
     # The prompts FIRM's sampler picks at repetition `rep` (round rep, client 0, step 0), in order, for TRL.
@@ -259,7 +266,7 @@ def main() -> int:
 
     policy = build_policy(config.model, config.lora, seed=seed)
     start_adapter = policy.get_adapter()
-    firm_runs: dict[int, list[tuple[float, float, int]]] = {m: [] for m in configs}
+    firm_runs: dict[str, list[tuple[float, float, int]]] = {m: [] for m in configs}
 
     def run_firm(rep: int) -> None:
         order = sorted(configs) if rep % 2 == 0 else sorted(configs, reverse=True)
@@ -285,7 +292,7 @@ def main() -> int:
     for m, runs in firm_runs.items():
         assert all(n == num_completions for _, _, n in runs)
         timed = runs[1:]  # drop the warm-up
-        label = f"FIRM M={m} ({'+'.join(configs[m].objectives.names)})"
+        label = f"FIRM {m} ({'+'.join(configs[m].objectives.names)})"
         rows.append((label, [s for s, _, _ in timed], statistics.mean(t for _, t, _ in timed)))
     rows.append(("TRL GRPOTrainer M=1 (positiveness)", timer.seconds[1:], statistics.mean(reward.mean_lengths[1:])))
 
@@ -308,6 +315,9 @@ def main() -> int:
     firm1, firm2 = (med[rows[i][0]] / num_completions for i in (0, 1))
     print(f"\nratio TRL(M=1) / FIRM(M=1) per completion: {trl_med / firm1:.2f}")
     print(f"ratio TRL(M=1) / FIRM(M=2) per completion: {trl_med / firm2:.2f}   (issue 8 target: >= 3)")
+    if args.int8:
+        firm2_int8 = med[rows[2][0]] / num_completions
+        print(f"ratio TRL(M=1) / FIRM(M=2, int8 rollouts) per completion: {trl_med / firm2_int8:.2f}")
     return 0
 
 
