@@ -29,8 +29,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# tests/conftest.py runs the fast suite on one thread per process; the SmolLM2 tests get every core
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	OMP_NUM_THREADS=$$(nproc) MKL_NUM_THREADS=$$(nproc) OPENBLAS_NUM_THREADS=$$(nproc) $(BIN)/python -m pytest -m slow -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check firm tests benchmarks

@@ -8,6 +8,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process (torch's OpenMP pool, numpy's and scipy's OpenBLAS): the tiny
+# model's matrices gain nothing from a second thread, and the Flower tests run 4-10 such processes
+# at once on a 2-core machine, where a 2-thread pool stalls whenever another process holds one of
+# its cores (with one other busy process, a tiny run took 2.5x as long; with the machine shared, a
+# palette test took 42 s instead of 3 s). Set before torch or numpy load; the SuperLink, SuperNodes,
+# workers and `firm` subprocesses inherit it. `OMP_NUM_THREADS=2 make test-slow` gives SmolLM2 both cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+# The SuperLink's SuperExec looks for a new run to start every second by default (flwr 1.41,
+# flwr/supercore/superexec/run_superexec.py); the loopback tests submit a dozen runs.
+os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
 
 from pathlib import Path
 

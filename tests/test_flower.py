@@ -1,4 +1,10 @@
-"""The Flower engine: converters, and real loopback runs (SuperLink + SuperNodes) against the in-process engine."""
+"""The Flower engine: converters, and real loopback runs (SuperLink + SuperNodes) against the in-process engine.
+
+The loopback runs come in two module-scoped groups whose runs go at once (their wall time is mostly
+process start-up and waiting): the five algorithms' parity runs on one shared cluster with TLS and
+SuperNode authentication, and the runs that need a cluster of their own (sites with their own
+prompt files, a SIGKILLed node). Each test checks its own run's outcome.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,11 @@ import json
 import runpy
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -132,8 +141,37 @@ def _flower_config(tmp_path: Path, cluster: local.Cluster, *overrides: str) -> C
     )
 
 
-def _check_parity(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> None:
-    flower_dir = submit(_flower_config(tmp_path / "flower", cluster, f"algorithm={algorithm}", "output.name=run"), quiet=True)
+ALGORITHMS = ["firm", "fedavg", "mgda", "fmgda", "fedcmoo"]
+T = TypeVar("T")
+
+
+def _concurrently(jobs: dict[str, Callable[[], T]]) -> dict[str, T | BaseException]:
+    """Run each job in its own thread; its result, or the exception it raised, under its key.
+
+    The loopback runs spend most of their wall time waiting (process start-up, the SuperNodes'
+    3 s pull interval, `engine.round_timeout`), so overlapping them costs little CPU.
+    """
+
+    def catch(job: Callable[[], T]) -> T | BaseException:
+        try:
+            return job()
+        except BaseException as err:
+            return err
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {key: pool.submit(catch, job) for key, job in jobs.items()}
+    return {key: future.result() for key, future in futures.items()}
+
+
+def _result(outcome: T | BaseException) -> T:
+    """A `_concurrently` result, re-raising the job's exception in the test that needs it."""
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _check_parity(flower_dir: Path, tmp_path: Path, algorithm: str) -> None:
+    """The Flower run in `flower_dir` against the same config run in process: adapter, metrics, bytes."""
     inproc_config = tiny_config(tmp_path / "inprocess", f"algorithm={algorithm}", "output.name=run")
     inproc = run(inproc_config)
     ours, theirs = _adapter(flower_dir), _adapter(inproc.run_dir)
@@ -163,57 +201,75 @@ def _check_parity(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> Non
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One SuperLink serving HTTPS with SuperNode authentication, and two SuperNodes: the parity runs' federation."""
+    make_test_certs = runpy.run_path(str(ROOT / "scripts" / "make_test_certs.py"))["make_test_certs"]
+    certs = tmp_path_factory.mktemp("certs")
+    make_test_certs(certs, 2)
     state = tmp_path_factory.mktemp("flower")
-    with local.local_cluster(state, 2, superlink=f"127.0.0.1:{local.free_port()}") as c:
+    with local.local_cluster(state, 2, superlink=f"127.0.0.1:{local.free_port()}", tls=certs) as c:
         yield c
     assert not any(local._alive(p.pid) for p in c.processes)  # everything it started is gone
 
 
-@pytest.mark.parametrize("algorithm", ["firm", "fedavg", "mgda", "fmgda", "fedcmoo"])
-def test_flower_engine_matches_in_process(tmp_path: Path, cluster: local.Cluster, algorithm: str) -> None:
-    _check_parity(tmp_path, cluster, algorithm)
+@pytest.fixture(scope="module")
+def parity_runs(cluster: local.Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | BaseException]:
+    """Each algorithm's Flower run (2 clients x 2 rounds), all five submitted at once to the shared cluster.
+
+    The SuperNodes serve the five runs' messages interleaved, one at a time, and each warm worker
+    switches between the runs' configs: each run must still give exactly its in-process result.
+    """
+    root = tmp_path_factory.mktemp("parity")
+    return _concurrently(
+        {
+            algorithm: partial(
+                submit, _flower_config(root / algorithm, cluster, f"algorithm={algorithm}", "output.name=run"), quiet=True
+            )
+            for algorithm in ALGORITHMS
+        }
+    )
 
 
-def test_each_node_loaded_the_model_once(cluster: local.Cluster) -> None:
-    """After the parity runs above (several runs, several rounds each), each warm worker built its model once."""
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_flower_engine_matches_in_process(tmp_path: Path, parity_runs: dict[str, Path | BaseException], algorithm: str) -> None:
+    _check_parity(_result(parity_runs[algorithm]), tmp_path, algorithm)
+
+
+def test_each_node_loaded_the_model_once(cluster: local.Cluster, parity_runs: dict[str, Path | BaseException]) -> None:
+    """After the five parity runs (interleaved, two rounds each), each warm worker built its model once."""
+    assert all(isinstance(d, Path) for d in parity_runs.values()), parity_runs
     for i in range(2):
         log = Path(cluster.state_dir / f"worker-{i}.log").read_text()
         assert log.count("loading model tiny") == 1, log[-2000:]
 
 
-def test_sites_read_their_own_prompt_files(tmp_path: Path) -> None:
+def test_flower_engine_with_tls_and_node_auth(
+    tmp_path: Path, cluster: local.Cluster, parity_runs: dict[str, Path | BaseException]
+) -> None:
+    """The parity runs went through HTTPS and authenticated SuperNodes; without the CA a run is refused."""
+    assert cluster.root_certificates.endswith("ca.crt")
+    _check_parity(_result(parity_runs["firm"]), tmp_path, "firm")
+    with pytest.raises(FlowerRunError):  # without the CA the connection is refused: TLS is really on
+        submit(
+            tiny_config(tmp_path / "plain", "engine=flower", f'engine.superlink="{cluster.superlink}"', "output.name=plain"),
+            quiet=True,
+        )
+
+
+def _sites_run(tmp_path: Path) -> tuple[Path, str, Path]:
+    """3 sites: 0 on its built-in shard, 1 on its own prompt file, 2 on a broken one; the run dir, site 1's log, the file."""
+    tmp_path.mkdir(parents=True)
     own = tmp_path / "site1.jsonl"
     own.write_text(
         "\n".join(json.dumps({"prompt": f"Tell me about the {w} in our shop."}) for w in ("lamps", "chairs", "desks")) + "\n"
     )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
-    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}", prompt_files=["", str(own)]) as c:
-        run_dir = submit(_flower_config(tmp_path / "own", c, "output.name=run"), quiet=True)
-        log = (c.state_dir / "worker-1.log").read_text()
-        assert "client 1: 3 prompts" in log  # the site's file, not the built-in shard
-        assert _rows(run_dir)[-1]["dropped"] == {}
     with local.local_cluster(
-        tmp_path / "state2", 2, superlink=f"127.0.0.1:{local.free_port()}", prompt_files=["", str(bad)]
+        tmp_path / "state", 3, superlink=f"127.0.0.1:{local.free_port()}", prompt_files=["", str(own), str(bad)]
     ) as c:
-        run_dir = submit(_flower_config(tmp_path / "bad", c, "output.name=run", "federation.min_clients=1"), quiet=True)
-        rows = _rows(run_dir)
-        assert all(list(r["dropped"]) == ["1"] for r in rows)
-        assert f"{bad}:2: invalid JSON" in rows[0]["dropped"]["1"]  # the site's error, with its line, reached the server
-
-
-def test_flower_engine_with_tls_and_node_auth(tmp_path: Path) -> None:
-    make_test_certs = runpy.run_path(str(ROOT / "scripts" / "make_test_certs.py"))["make_test_certs"]
-    certs = tmp_path / "certs"
-    make_test_certs(certs, 2)
-    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}", tls=certs) as c:
-        assert c.root_certificates.endswith("ca.crt")
-        _check_parity(tmp_path, c, "firm")
-        with pytest.raises(FlowerRunError):  # without the CA the connection is refused: TLS is really on
-            submit(
-                tiny_config(tmp_path / "plain", "engine=flower", f'engine.superlink="{c.superlink}"', "output.name=plain"),
-                quiet=True,
-            )
+        sites = ["federation.num_clients=3", "federation.clients_per_round=3", "federation.min_clients=2"]
+        run_dir = submit(_flower_config(tmp_path, c, "output.name=run", *sites), quiet=True)
+        return run_dir, (c.state_dir / "worker-1.log").read_text(), bad
 
 
 def _kill_node_after_round_one(tmp_path: Path, *overrides: str) -> tuple[Path, BaseException | None]:
@@ -232,9 +288,9 @@ def _kill_node_after_round_one(tmp_path: Path, *overrides: str) -> tuple[Path, B
         thread = threading.Thread(target=go)
         thread.start()
         deadline = time.monotonic() + 180
-        while not ((run_dir / "metrics.jsonl").exists() and _rows(run_dir)) and time.monotonic() < deadline:
+        while not ((run_dir / "metrics.jsonl").exists() and _rows(run_dir)) and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _rows(run_dir), "round 1 never finished"
+        assert (run_dir / "metrics.jsonl").exists() and _rows(run_dir), f"round 1 never finished: {outcome}"
         for p in c.processes:
             if p.role in ("supernode-1", "worker-1"):
                 local.stop(p, grace=0.0)
@@ -243,8 +299,37 @@ def _kill_node_after_round_one(tmp_path: Path, *overrides: str) -> tuple[Path, B
     return run_dir, outcome.get("error")
 
 
-def test_killed_node_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
-    run_dir, error = _kill_node_after_round_one(tmp_path, "federation.min_clients=1")
+@pytest.fixture(scope="module")
+def own_cluster_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The runs that need a cluster of their own (sites' prompt files; a SIGKILLed node), all three at once.
+
+    Most of their wall time is waiting (process start-up, the dead node's `engine.round_timeout`),
+    so they overlap well; each test below checks its own run's outcome.
+    """
+    root = tmp_path_factory.mktemp("own")
+    return _concurrently(
+        {
+            "sites": partial(_sites_run, root / "sites"),
+            "killed, min_clients=1": partial(_kill_node_after_round_one, root / "one", "federation.min_clients=1"),
+            "killed, all required": partial(_kill_node_after_round_one, root / "all"),
+        }
+    )
+
+
+def test_sites_read_their_own_prompt_files(own_cluster_runs: dict[str, Any]) -> None:
+    """Site 1 trains on its own file; site 2's file is broken: it is dropped with its file's error, the others go on."""
+    run_dir, log, bad = _result(own_cluster_runs["sites"])
+    assert "client 1: 3 prompts" in log  # the site's file, not the built-in shard
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert list(row["dropped"]) == ["2"]  # only the broken site
+        assert sorted(row["weights"]) == ["0", "1"]  # the site with its own file trained and was aggregated
+    assert f"{bad}:2: invalid JSON" in rows[0]["dropped"]["2"]  # the site's error, with its line, reached the server
+
+
+def test_killed_node_is_dropped_and_the_run_completes(own_cluster_runs: dict[str, Any]) -> None:
+    run_dir, error = _result(own_cluster_runs["killed, min_clients=1"])
     assert error is None
     rows = _rows(run_dir)
     assert [r["round"] for r in rows] == [1, 2, 3]
@@ -257,8 +342,8 @@ def test_killed_node_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
     assert (run_dir / "final_adapter").is_dir()
 
 
-def test_killed_node_fails_the_run_clearly_when_all_are_required(tmp_path: Path) -> None:
-    run_dir, error = _kill_node_after_round_one(tmp_path)  # min_clients = 0: every sampled client
+def test_killed_node_fails_the_run_clearly_when_all_are_required(own_cluster_runs: dict[str, Any]) -> None:
+    run_dir, error = _result(own_cluster_runs["killed, all required"])  # min_clients = 0: every sampled client
     assert isinstance(error, FlowerRunError)
     assert "round 2 (train): 1 of 2 sampled clients returned an update" in str(error)
     assert "federation.min_clients needs 2" in str(error)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,9 +56,16 @@ class Cluster:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on right now (held together while chosen)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def console_script(name: str) -> str:
@@ -151,8 +158,8 @@ def up(
         wait_for_port(superlink, timeout, link)
         if tls is not None:
             register_nodes(cluster, [Path(tls).absolute() / f"supernode-{i}.pub" for i in range(nodes)])
-        for i in range(nodes):
-            runtime_port = free_port()
+        started: list[tuple[int, Process, int]] = []
+        for i, runtime_port in enumerate(free_ports(nodes)):  # all nodes start at once; a worker once its node listens
             node_config = f"client-id={i}"
             if i < len(prompt_files) and prompt_files[i]:
                 node_config += f' prompt-file="{Path(prompt_files[i]).absolute()}"'
@@ -164,7 +171,8 @@ def up(
                 node_cmd += ["--auth-supernode-private-key", str(Path(tls).absolute() / f"supernode-{i}.key")]
             if warm:
                 node_cmd += ["--isolation", "process"]
-            node = _start(cluster, f"supernode-{i}", node_cmd, state / f"node-{i}")
+            started.append((i, _start(cluster, f"supernode-{i}", node_cmd, state / f"node-{i}"), runtime_port))
+        for i, node, runtime_port in started:
             if warm:
                 wait_for_port(f"127.0.0.1:{runtime_port}", timeout, node)
                 worker_cmd = [
@@ -186,13 +194,24 @@ def register_nodes(cluster: Cluster, public_keys: Sequence[Path]) -> None:
     from firm.engines.flower.submit import flwr_home_for
 
     with flwr_home_for(cluster.superlink, cluster.root_certificates, None) as home:
-        for key in public_keys:
-            result = subprocess.run(
-                [console_script("flwr"), "supernode", "register", str(key), "firm"],
-                env=flower_env(home), capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise ClusterError(f"could not register {key}: {(result.stdout + result.stderr).strip()[-400:]}")
+        # One `flwr` process per key, all at once: each spends seconds importing flwr.
+        cmd = [console_script("flwr"), "supernode", "register"]
+        env = flower_env(home)
+        calls = {
+            key: subprocess.Popen([*cmd, str(key), "firm"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for key in public_keys
+        }
+        failed = []
+        for key, call in calls.items():
+            try:
+                output, _ = call.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                call.kill()
+                output, _ = call.communicate()
+            if call.returncode != 0:
+                failed.append(f"could not register {key}: {output.strip()[-400:]}")
+        if failed:
+            raise ClusterError("; ".join(failed))
 
 
 def load(state_dir: str | Path) -> Cluster:

@@ -90,6 +90,10 @@ def run_task(address: str, root_certificates: str | None, token: str) -> None:
 
 def serve(address: str, root_certificates: str | None = None, poll_s: float = 0.05) -> None:
     """Take and run the SuperNode's ClientApp tasks until killed."""
+    # Import the ClientApp (torch, transformers, peft: seconds) now, while the federation starts,
+    # rather than inside the first task, where the server's node discovery waits for it.
+    import firm.engines.flower.apps  # noqa: F401
+
     client = _client(address, root_certificates, None)
     print(f"firm worker: serving ClientApp tasks of the SuperNode at {address}", file=sys.stderr, flush=True)
     while True:
