@@ -467,9 +467,12 @@ def test_broken_objective_stops_the_run_naming_it(tmp_path: Path) -> None:
 
 def test_ctrl_c_saves_the_last_completed_round(tmp_path: Path) -> None:
     # 30 rounds: enough that the run is still going when the signal lands after its first row.
+    # SIGINT back to its default in the child: an ignored SIGINT (SIG_IGN) is inherited across exec,
+    # and a process the suite started earlier may have left it ignored in this one.
     proc = _cli(
-        "train", *KILL_RUN, "federation.rounds=30", "output.checkpoint_every=100", f'output.dir="{tmp_path}"', "output.name=ctrlc"
-    )
+        "train", *KILL_RUN, "federation.rounds=30", "output.checkpoint_every=100", f'output.dir="{tmp_path}"', "output.name=ctrlc",
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     run_dir = tmp_path / "ctrlc"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not ((run_dir / "metrics.jsonl").exists() and rows(run_dir)):
