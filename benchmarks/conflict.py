@@ -32,7 +32,7 @@ from firm.data import Prompt, load_prompts
 from firm.objectives import resolve_objective, score
 from firm.policy import Policy, build_policy
 from firm.rollout import sample
-from firm.seeding import numpy_rng, torch_generator
+from firm.seeding import Stream, numpy_rng, torch_generator
 
 
 def replies_and_rewards(
@@ -41,13 +41,13 @@ def replies_and_rewards(
     """[N * G, 2] rewards (helpfulness, harmlessness) of base-model replies, and the replies."""
     objectives = [(n, resolve_objective(n)) for n in ("helpfulness", "harmlessness")]
     rewards, texts = [], []
-    generator = torch_generator(policy.device, seed, 0)
+    generator = torch_generator(policy.device, Stream.BENCHMARK, seed, 0)
     for start in range(0, len(prompts), 4):
         chunk = prompts[start : start + 4]
         with policy.reference():
             rollout = sample(policy, [p.text for p in chunk], samples, tokens, 1.0, generator)
-        r = score(objectives, [chunk[g].text for g in rollout.group], rollout.completions, group=rollout.group,
-                  reference=[chunk[g].reference for g in rollout.group])  # fmt: skip
+        r = score(objectives, [chunk[g].text for g in rollout.group], rollout.completions, device=policy.device,
+                  group=rollout.group, reference=[chunk[g].reference for g in rollout.group])  # fmt: skip
         rewards.append(r.numpy())
         texts.extend(rollout.completions)
     return np.concatenate(rewards), texts
@@ -76,7 +76,7 @@ def main() -> int:
 
     start = time.perf_counter()
     policy = build_policy(ModelConfig(name=args.model), LoraConfig(), seed=args.seed)
-    rng = numpy_rng(args.seed, 7)
+    rng = numpy_rng(Stream.BENCHMARK, args.seed, 1)
     sets = {"provocative": load_prompts("provocative"), "chatterbot": load_prompts("chatterbot")}
     print(f"model {args.model}, {args.prompts} prompts x {args.samples} replies per set, {args.tokens} new tokens\n")
     for name, pool in sets.items():

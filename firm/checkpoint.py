@@ -82,6 +82,11 @@ class Checkpoint:
 def latest(run_dir: Path) -> Path:
     """The newest checkpoint directory of a run (temp dirs of an interrupted write are ignored)."""
     root = run_dir / "checkpoints"
+    if root.is_dir():  # a crash while a checkpoint was being replaced: put the old one back
+        from firm.rundir import ASIDE, recover_replaced
+
+        for name in {p.name[1:].split(ASIDE)[0] for p in root.glob(f".round_*{ASIDE}*")}:
+            recover_replaced(root / name)
     found = (
         sorted((int(m.group(1)), p) for p in root.glob("round_*") if (m := ROUND_DIR.match(p.name)) and p.is_dir())
         if root.is_dir()

@@ -53,12 +53,24 @@ def _parser() -> argparse.ArgumentParser:
         "--tls", metavar="CERT_DIR", help="serve HTTPS and require SuperNode auth, with the files of scripts/make_test_certs.py"
     )
     fup.add_argument(
+        "--insecure-non-loopback",
+        action="store_true",
+        help="allow a --superlink other than loopback without --tls (only if TLS is terminated outside Flower; "
+        "see docs/deployment.md, TLS rule)",
+    )
+    fup.add_argument(
         "--prompt-file", action="append", default=[], metavar="JSONL", help="node i's own prompts (repeat per node, in order)"
     )
     fup.add_argument(
         "--per-message",
         action="store_true",
         help="Flower's own executor (a new ClientApp process per message) instead of the warm worker",
+    )
+    fup.add_argument(
+        "--database",
+        action="store_true",
+        help="keep the SuperLink's state in DIR/superlink/state.db, so that it can restart under live SuperNodes "
+        "(slower rounds; see docs/deployment.md, Resume on Flower)",
     )
     fdown = fsub.add_parser("down", help="stop exactly the processes `firm flower up` started")
     for p in (fup, fdown):
@@ -165,13 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _compare(str(sweep_dir(config)))
 
     if config.engine.name == "flower":
-        from firm.config import check_palette_engine
-
-        try:
-            check_palette_engine(config)
-        except ConfigError as err:
-            print(f"firm: error: {err}", file=sys.stderr)
-            return 2
         return _train_flower(config)
     return _train(config, None)
 
@@ -220,6 +225,13 @@ def _train(config: Config | None, resume_dir: str | None) -> int:
         hint = f"; continue with `firm train --resume {where}`" if where else ""
         print(f"firm: interrupted; completed rounds are checkpointed{hint}", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # `--resume` of an engine=flower run: its Flower run did not complete
+        from firm.engines.flower.submit import FlowerRunError  # flwr only where a Flower run was made
+
+        if not isinstance(err, FlowerRunError):
+            raise
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 1
     from firm.report import report_table
 
     if result.summary.get("reference") == "local":  # one run per client: print the spread over clients
@@ -356,7 +368,14 @@ def _flower(args: argparse.Namespace) -> int:
                 print("firm: error: --nodes: must be >= 1", file=sys.stderr)
                 return 2
             cluster = local.up(
-                args.dir, args.nodes, args.superlink, warm=not args.per_message, tls=args.tls, prompt_files=args.prompt_file
+                args.dir,
+                args.nodes,
+                args.superlink,
+                warm=not args.per_message,
+                tls=args.tls,
+                insecure_non_loopback=args.insecure_non_loopback,
+                prompt_files=args.prompt_file,
+                database=args.database,
             )
             for p in cluster.processes:
                 print(f"{p.role:<12s} pid {p.pid:<8d} log {p.log}")
@@ -369,6 +388,9 @@ def _flower(args: argparse.Namespace) -> int:
         stopped = local.down(args.dir)
         print(f"stopped {len(stopped)} processes: " + ", ".join(f"{p.role} ({p.pid})" for p in stopped))
         return 0
+    except local.PlaintextRefused as err:
+        print(f"firm: error: {err}", file=sys.stderr)
+        return 2
     except local.ClusterError as err:
         print(f"firm: error: {err}", file=sys.stderr)
         return 1

@@ -17,18 +17,18 @@ from firm.local_step import LocalProblem, Timer
 from firm.objectives import Objective
 from firm.policy import Policy
 from firm.policy_gradient import PolicyGradientProblem
-from firm.seeding import CLIENT_SAMPLING, PROMPT_BATCH, ROLLOUT, numpy_rng, torch_generator
+from firm.seeding import Stream, derive_seed, numpy_rng, torch_generator
 
 
 def sample_clients(seed: int, round_idx: int, num_clients: int, clients_per_round: int) -> list[int]:
     """The sorted ids of the clients that take part in round `round_idx` (without replacement)."""
-    rng = numpy_rng(seed, round_idx, CLIENT_SAMPLING)
+    rng = numpy_rng(Stream.CLIENT_SAMPLING, seed, round_idx)
     return sorted(int(i) for i in rng.choice(num_clients, size=clients_per_round, replace=False))
 
 
 def prompt_batch(shard: Sequence[Prompt], seed: int, round_idx: int, client_id: int, step: int, size: int) -> list[Prompt]:
     """B prompts of the client's shard for one local step (with replacement only if the shard is smaller than B)."""
-    rng = numpy_rng(seed, round_idx, client_id, step, PROMPT_BATCH)
+    rng = numpy_rng(Stream.PROMPT_BATCH, seed, round_idx, client_id, step)
     idx = rng.choice(len(shard), size=size, replace=len(shard) < size)
     return [shard[int(i)] for i in np.atleast_1d(idx)]
 
@@ -56,7 +56,8 @@ def problem_sampler(
             beta_kl=alg.beta_kl,
             clip_eps=alg.clip_eps,
             advantage_eps=alg.advantage_eps,
-            generator=torch_generator(policy.device, seed, round_idx, client_id, step, ROLLOUT),
+            generator=torch_generator(policy.device, Stream.ROLLOUT, seed, round_idx, client_id, step),
+            dropout_seed=derive_seed(Stream.DROPOUT, seed, round_idx, client_id, step),
             vjp=alg.vjp,
             timer=timer,
             engine=ro.engine,

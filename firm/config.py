@@ -12,8 +12,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import ipaddress
 import itertools
 import math
+import sys
 import textwrap
 import tomllib
 import typing
@@ -47,7 +49,7 @@ class LoraConfig:
     alpha: float = 16.0
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
-    """LoRA dropout in [0, 1), applied in the gradient forward only (rollouts and evaluation run without it)."""
+    """LoRA dropout in [0, 1), applied in the gradient forward only (rollouts and evaluation run without it); its masks are drawn from the step's own stream (seed, round, client, step), so the seed reproduces the run."""
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """Module names that get LoRA adapters."""
 
@@ -137,7 +139,7 @@ class FederationConfig:
     round_retries: int = 1
     """Times a round with fewer than `min_clients` good updates is run again before the run stops with an error."""
     min_clients: int = 0
-    """Fewest sampled clients that must return an update for a round to count; 0 = all of them. A round with fewer stops the run with an error (the last checkpoint is kept). Clients drop out on the Flower engine (node gone, error, `engine.round_timeout`)."""
+    """Fewest sampled clients that must return an update for a round to count; 0 = all of them. A round with fewer is run again (`round_retries`), then stops the run with an error (the last checkpoint is kept). Clients drop out on the Flower engine (node gone, error, `engine.round_timeout`) or over `client_timeout`, and a rejected update counts as missing. A round that counts with fewer updates than clients_per_round aggregates just those: the norm screen and the robust rules act on fewer updates (a warning says when min_clients lets a round fall below what they need)."""
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,13 @@ class OutputConfig:
 @dataclass(frozen=True)
 class AggregationConfig:
     rule: Literal["mean", "median", "trimmed_mean"] = "mean"
-    """How one-adapter algorithms (firm, fedavg, mgda) combine client deltas: sample-weighted `mean` (the method's own rule), coordinate-wise `median`, or coordinate-wise `trimmed_mean`."""
+    """How one-adapter algorithms (firm, fedavg, mgda) combine client deltas: sample-weighted `mean` (the method's own rule), coordinate-wise `median`, or coordinate-wise `trimmed_mean`. The robust rules weigh every accepted update equally (sample counts are not used: every honest client reports the same K x B x G, and a client's own count must not buy it weight) and need 3 or more updates per round to outvote a bad one, so `median` is refused below 3 clients per round (the median of 2 is their mean). fmgda, fedcmoo and the references take `mean` only (docs/reliability.md)."""
     trim: float = 0.2
-    """`trimmed_mean`: share of the clients dropped at each end of every coordinate, in [0, 0.5)."""
+    """`trimmed_mean`: share of the updates dropped at each end of every coordinate, in [0, 0.5): int(trim x n) of n. Refused when that is 0 of `federation.clients_per_round` (0.2 needs 5 clients per round, 0.25 needs 4)."""
     clip_norm: float = 0.0
-    """Scale every client delta down to at most this L2 norm before aggregating; 0 = no clipping."""
+    """Scale every client delta down to at most this L2 norm before aggregating (firm, fedavg, mgda, and the references' single learner); 0 = no clipping. fmgda and fedcmoo do not clip: refused with them."""
     max_norm_ratio: float = 10.0
-    """Reject a client update whose L2 norm exceeds this multiple of the round's median norm (needs 3 or more updates); 0 = no check."""
+    """Reject a client update whose L2 norm exceeds this multiple of the round's median norm; 0 = no check. Needs 3 or more updates in a round: at the default 2 clients per round it never runs (the default is a safety net that acts from 3; another value with fewer than 3 clients per round prints a warning)."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,9 @@ class EngineConfig:
     superlink: str = "127.0.0.1:8000"
     """host:port of the Flower SuperLink (its one HTTP(S) API for SuperNodes, ServerApps and `flwr run`)."""
     root_certificates: str = ""
-    """PEM file of the CA that signed the SuperLink's TLS certificate; empty = connect without TLS (loopback only)."""
+    """PEM file of the CA that signed the SuperLink's TLS certificate; empty = connect without TLS, which is refused unless `engine.superlink` is a loopback address (docs/deployment.md, "TLS rule")."""
+    insecure_non_loopback: bool = False
+    """Allow a plaintext connection (no `engine.root_certificates`) to a SuperLink that is not on loopback. Only for a network path whose encryption is done outside Flower (a TLS-terminating proxy or sidecar, a VPN); anyone on the path otherwise reads and alters the adapters."""
     round_timeout: float = 600.0
     """Seconds the server waits for a round's replies; a client that has not replied by then is dropped from the round."""
     flwr_home: str = ""
@@ -429,16 +433,12 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"federation.min_clients: {fed.min_clients} is more than federation.clients_per_round = {fed.clients_per_round}"
         )
-    if not 0 <= agg.trim < 0.5:
-        raise ConfigError(f"aggregation.trim: must be in [0, 0.5), got {agg.trim}")
-    if agg.rule != "mean" and config.algorithm.name in ("fmgda", "fedcmoo"):
-        raise ConfigError(
-            f"aggregation.rule: {agg.rule!r} is for one-adapter algorithms (firm, fedavg, mgda); {config.algorithm.name} uploads one payload per objective"
-        )
+    _validate_aggregation(config)
     if not config.engine.round_timeout > 0:
         raise ConfigError(f"engine.round_timeout: must be > 0 seconds, got {config.engine.round_timeout}")
     if config.engine.name == "flower":
         _validate_address("engine.superlink", config.engine.superlink)
+        check_engine_transport(config.engine)
         if config.engine.root_certificates and not Path(config.engine.root_certificates).is_file():
             raise ConfigError(f"engine.root_certificates: file not found: {config.engine.root_certificates}")
     for key, value in non_negative.items():
@@ -462,6 +462,106 @@ def validate(config: Config) -> None:
             except KeyError as err:
                 raise ConfigError(f"objectives.names[{i}]: {err.args[0]}") from None
     _validate_data(config)
+    for message in config_warnings(config):
+        _warn_once(message)
+
+
+def _validate_aggregation(config: Config) -> None:
+    """Refuse the aggregation settings that could not act in any round (docs/reliability.md, "Settings that need enough clients")."""
+    agg, name, per_round = config.aggregation, config.algorithm.name, config.federation.clients_per_round
+    if not 0 <= agg.trim < 0.5:
+        raise ConfigError(f"aggregation.trim: must be in [0, 0.5), got {agg.trim}")
+    if name in ("fmgda", "fedcmoo"):
+        if agg.rule != "mean":
+            raise ConfigError(
+                f"aggregation.rule: {agg.rule!r} is for firm, fedavg and mgda; {name} aggregates with its own sample-weighted means, use aggregation.rule=mean"
+            )
+        if agg.clip_norm > 0:
+            raise ConfigError(
+                f"aggregation.clip_norm: {name} does not clip (only firm, fedavg and mgda do); set aggregation.clip_norm=0 "
+                "(aggregation.max_norm_ratio still rejects outsized updates) or use another algorithm"
+            )
+    if name in REFERENCES and agg.rule != "mean":
+        raise ConfigError(
+            f"aggregation.rule: {agg.rule!r} does nothing for the reference {name!r} (one learner, one delta per round); use aggregation.rule=mean"
+        )
+    if agg.rule == "median" and per_round < 3:
+        raise ConfigError(
+            f"aggregation.rule: 'median' needs 3 or more updates per round to outvote a bad one, and federation.clients_per_round = {per_round} "
+            "(the median of 2 is their mean); raise federation.clients_per_round or use aggregation.rule=mean"
+        )
+    if agg.rule == "trimmed_mean" and _trimmed_per_end(agg.trim, per_round) == 0:
+        fixes = [f"aggregation.trim to {_least_trim(per_round):g}"] if per_round >= 3 else []
+        if agg.trim > 0:
+            fixes.append(f"federation.clients_per_round to {_fewest_trimmed(agg.trim)}")
+        if not fixes:  # trim 0 of 2: no trim below 0.5 drops one of 2
+            fixes.append(f"federation.clients_per_round to 3 and aggregation.trim to {_least_trim(3):g}")
+        raise ConfigError(
+            f"aggregation.trim: {agg.trim:g} of federation.clients_per_round = {per_round} updates trims 0 at each end, so 'trimmed_mean' "
+            f"is their plain mean; raise {' or '.join(fixes)}, or use aggregation.rule=mean"
+        )
+
+
+def _trimmed_per_end(trim: float, count: int) -> int:
+    """Updates `trimmed_mean` drops at each end of every coordinate out of `count` (as firm.robust.RobustMean: int(trim x n))."""
+    return int(trim * count)
+
+
+def _fewest_trimmed(trim: float) -> int:
+    """The fewest updates of which `trim` (> 0) drops at least one at each end."""
+    count = max(1, math.ceil(1 / trim))
+    while _trimmed_per_end(trim, count) < 1:  # 1 / trim rounded in float
+        count += 1
+    return count
+
+
+def _least_trim(count: int) -> float:
+    """The smallest trim, in hundredths, that drops at least one of `count` (>= 3) updates at each end."""
+    hundredths = math.ceil(100 / count)
+    while _trimmed_per_end(hundredths / 100, count) < 1:
+        hundredths += 1
+    return hundredths / 100
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Aggregation settings that are valid but act in only some rounds (or, set explicitly, in none): one line each.
+
+    `validate` prints each once per process. The default norm screen at fewer than 3 clients per
+    round is documented rather than warned about, so the default run prints nothing.
+    """
+    agg, fed = config.aggregation, config.federation
+    per_round = fed.clients_per_round
+    fewest = fed.min_clients or per_round  # the fewest updates a round that counts can aggregate
+    notes: list[str] = []
+    if agg.max_norm_ratio > 0:
+        if per_round < 3 and agg.max_norm_ratio != AggregationConfig().max_norm_ratio:
+            notes.append(
+                f"aggregation.max_norm_ratio: the norm screen needs 3 or more updates in a round and federation.clients_per_round = {per_round}, "
+                "so it never runs; set aggregation.max_norm_ratio=0 or raise federation.clients_per_round"
+            )
+        elif per_round >= 3 and fewest < 3:
+            notes.append(
+                f"aggregation.max_norm_ratio: a round left with fewer than 3 updates (federation.min_clients = {fewest}) is not screened"
+            )
+    if agg.rule == "median" and fewest < 3 <= per_round:
+        notes.append(
+            f"aggregation.rule: a round left with fewer than 3 updates (federation.min_clients = {fewest}) takes their plain median (of 2: their mean)"
+        )
+    if agg.rule == "trimmed_mean" and agg.trim > 0 and fewest < _fewest_trimmed(agg.trim) <= per_round:
+        notes.append(
+            f"aggregation.trim: a round left with fewer than {_fewest_trimmed(agg.trim)} updates (federation.min_clients = {fewest}) trims none of them"
+        )
+    return notes
+
+
+_WARNED: set[str] = set()
+"""The warnings this process has printed: each once, however often a config is validated (sweeps, the Flower ServerApp)."""
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"firm: warning: {message}", file=sys.stderr)
 
 
 def _validate_palette(config: Config) -> None:
@@ -489,13 +589,32 @@ def _validate_compression(comp: CompressionConfig) -> None:
         raise ConfigError(f"compression.topk: must be a fraction in (0, 1], got {comp.topk}")
 
 
-def check_palette_engine(config: Config) -> None:
-    """Training toward palette targets runs on the in-process engine only (`firm palette` itself runs anywhere)."""
-    if config.palette.targets and config.engine.name != "inprocess":
-        raise ConfigError(
-            "palette.targets: training toward a palette runs on the in-process engine only for now; for Flower, "
-            "solve it with `firm palette` and pass the printed preference as objectives.preference"
-        )
+def is_loopback_address(address: str) -> bool:
+    """`host:port` names this machine's loopback: `localhost`, 127.0.0.0/8 or ::1 (IPv6 in brackets or bare).
+
+    No name is resolved: any other host name counts as remote, since its DNS answer can change.
+    """
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:  # ::ffff:127.0.0.1
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def check_engine_transport(engine: EngineConfig) -> None:
+    """The TLS rule: plaintext to the SuperLink only on loopback, unless `engine.insecure_non_loopback`."""
+    if engine.root_certificates or engine.insecure_non_loopback or is_loopback_address(engine.superlink):
+        return
+    raise ConfigError(
+        f"engine.superlink: {engine.superlink} is not a loopback address and engine.root_certificates is empty, "
+        "so the run would travel in plaintext; set engine.root_certificates to the CA file of the SuperLink's TLS "
+        "certificate (or engine.insecure_non_loopback=true if TLS is terminated outside Flower)"
+    )
 
 
 def _validate_address(key: str, address: str) -> None:

@@ -13,7 +13,7 @@ Sources (`SOURCES`, each a function returning `list[Prompt]` in a fixed order; a
 - a JSONL file: one `{"prompt": str, "reference"?: str, "topic"?: str, "provocative"?: bool}` per line.
 
 `federated_prompts` turns `DataConfig` into client shards in four steps, all random draws derived
-from the run seed (stream `firm.seeding.PARTITION`, one sub-stream per step, so that e.g. changing
+from the run seed (stream `firm.seeding.Stream.PARTITION`, one sub-stream per step, so that e.g. changing
 the partition leaves the held-out set unchanged):
 
 1. Pool: the sources concatenated in the given order, each cut to `max_prompts_per_source` evenly
@@ -50,7 +50,7 @@ import numpy as np
 
 from firm.config import ConfigError, DataConfig
 from firm.prompts import BUILTIN_PROMPTS, PROVOCATIVE_PROMPTS
-from firm.seeding import PARTITION, numpy_rng
+from firm.seeding import Stream, numpy_rng
 
 CHITCHAT_WORDS = (3, 40)
 """Word-count range (inclusive) of the chitchat openers kept: drops bare "hello?" and long monologues."""
@@ -333,7 +333,7 @@ def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed:
                 f"data.eval_provocative_share: {share:g} of eval.num_prompts = {num_eval} asks for {need} "
                 f"{kind}provocative held-out prompts, data.sources have {have}"
             )
-    rng = numpy_rng(seed, PARTITION, 0)
+    rng = numpy_rng(Stream.PARTITION, seed, 0)
     held = set(rng.choice(provocative, num_eval_provocative, replace=False).tolist())
     held |= set(rng.choice(plain, num_eval - num_eval_provocative, replace=False).tolist())
     eval_set = tuple(pool[i] for i in sorted(held))
@@ -348,7 +348,7 @@ def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed:
             f"federation.num_clients = {num_clients} (mixing partitions the non-provocative prompts)"
         )
     topics = [p.topic for p in to_split]
-    rng = numpy_rng(seed, PARTITION, 1)
+    rng = numpy_rng(Stream.PARTITION, seed, 1)
     if config.partition == "iid":
         index_shards = iid_partition(len(to_split), num_clients, rng)
     elif config.partition == "topic":
@@ -370,7 +370,7 @@ def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed:
             "data.provocative_ratios: ratios above 0 need provocative training prompts and there are none; "
             "add 'provocative' to data.sources (or lower data.eval_provocative_share)"
         )
-    rng = numpy_rng(seed, PARTITION, 2)
+    rng = numpy_rng(Stream.PARTITION, seed, 2)
     uses = np.zeros(len(supply), dtype=int)
     mixed: list[tuple[Prompt, ...]] = []
     for shard, ratio in zip(shards, ratios, strict=True):

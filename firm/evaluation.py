@@ -20,7 +20,7 @@ from firm.objectives import Objective, score
 from firm.policy import Policy
 from firm.policy_gradient import masked_rows
 from firm.rollout import completion_logits, sample
-from firm.seeding import EVAL, torch_generator
+from firm.seeding import Stream, torch_generator
 
 EVAL_CHUNK = 8
 """Held-out prompts sampled per batch (bounds the [S, T, vocab] logits held for the exact KL)."""
@@ -37,7 +37,7 @@ def evaluate(
     seed: int,
 ) -> tuple[dict[str, float], float]:
     """(mean reward per objective, mean per-token KL to the reference) of the live adapter."""
-    generator = torch_generator(policy.device, seed, EVAL)
+    generator = torch_generator(policy.device, Stream.EVAL, seed, 0)
     reward_sum = torch.zeros(len(objectives), dtype=torch.float64)
     num_seq = 0
     kl_sum, kl_tokens = 0.0, 0.0
@@ -53,6 +53,7 @@ def evaluate(
             objectives,
             [chunk[g].text for g in rollout.group],
             rollout.completions,
+            device=policy.device,
             completion_ids=rollout.completion_ids,
             group=rollout.group,
             reference=[chunk[g].reference for g in rollout.group],
@@ -84,7 +85,7 @@ def base_vs_final_samples(
     texts = [p.text for p in prompts]
 
     def completions_and_rewards(use_base: bool) -> tuple[list[str], list[dict[str, float]]]:
-        generator = torch_generator(policy.device, seed, EVAL, 1)
+        generator = torch_generator(policy.device, Stream.EVAL, seed, 1)
         with policy.reference() if use_base else contextlib.nullcontext():
             rollout = sample(policy, texts, 1, max_new_tokens, temperature, generator)
         with policy.reference():
@@ -95,6 +96,7 @@ def base_vs_final_samples(
             objectives,
             texts,
             rollout.completions,
+            device=policy.device,
             completion_ids=rollout.completion_ids,
             group=list(range(len(texts))),
             reference=[p.reference for p in prompts],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +81,21 @@ class Policy:
                 p.copy_(adapter[n])
 
     @contextlib.contextmanager
-    def lora_dropout(self) -> Iterator[None]:
-        """Inside this context LoRA dropout is active (the model otherwise stays in eval mode)."""
+    def lora_dropout(self, seed: int | None = None) -> Iterator[None]:
+        """Inside this context LoRA dropout is active (the model otherwise stays in eval mode).
+
+        `seed`: draw the dropout masks from this seed (the caller's global generators are restored
+        afterwards), so a run with `lora.dropout > 0` is reproduced by its own seed whatever else
+        used torch's global RNG, and every engine draws the same masks. PEFT's dropout modules
+        take no generator, hence the fork of the global one.
+        """
         modules = [m for name, m in self.model.named_modules() if name.endswith("lora_dropout")]
+        active = any(isinstance(d, torch.nn.Dropout) and d.p > 0 for m in modules for d in m.modules())
         for m in modules:
             m.train()
         try:
-            yield
+            with _seeded(seed) if active and seed is not None else contextlib.nullcontext():
+                yield
         finally:
             for m in modules:
                 m.eval()
@@ -267,7 +276,12 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
         task_type="CAUSAL_LM",
     )
     try:
-        with _seeded(seed + 1):
+        with _seeded(seed + 1), warnings.catch_warnings():
+            # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5.24 deprecated with a
+            # FutureWarning. The read is peft's, not ours: only that message, from transformers, is silenced.
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning, module="transformers"
+            )
             model = get_peft_model(base, peft_cfg)
     except ValueError as err:  # peft: target modules not found in the base model
         raise PolicyError(f"lora.target_modules {list(lora_cfg.target_modules)}: {str(err).splitlines()[0]}") from None

@@ -56,6 +56,7 @@ from firm.local_step import Timer, flatten
 from firm.objectives import Objective, score
 from firm.policy import Policy
 from firm.rollout import Engine, LogprobMethod, Precision, Rollout, sample, token_logprobs
+from firm.seeding import Stream, derive_seed
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
@@ -100,8 +101,12 @@ class PolicyGradientProblem:
         engine: Engine = "fast",
         precision: Precision = "model",
         logprobs: LogprobMethod = "fast",
+        dropout_seed: int | None = None,
     ) -> None:
         self.policy = policy
+        # LoRA dropout masks of the k-th gradient forward (inner epoch) come from derive(dropout_seed, k)
+        self.dropout_seed = dropout_seed
+        self._forwards = 0
         self.temperature = temperature
         self.beta_kl = beta_kl
         self.clip_eps = clip_eps
@@ -130,6 +135,7 @@ class PolicyGradientProblem:
                 objectives,
                 [prompts[g].text for g in self.rollout.group],
                 self.rollout.completions,
+                device=device,
                 completion_ids=self.rollout.completion_ids,
                 group=self.rollout.group,
                 reference=[prompts[g].reference for g in self.rollout.group],
@@ -149,7 +155,9 @@ class PolicyGradientProblem:
 
     def _logprobs_and_cotangents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward with grad; returns logp [S, T], objective cotangents [M, S, T], KL cotangent [S, T]."""
-        with self.timer.phase("forward"), self.policy.lora_dropout():
+        seed = None if self.dropout_seed is None else derive_seed(Stream.DROPOUT, self.dropout_seed, self._forwards)
+        self._forwards += 1
+        with self.timer.phase("forward"), self.policy.lora_dropout(seed):
             logp = token_logprobs(self.policy, self.rollout, self.temperature, self.logprobs)  # [S, T]
         if self.old_logprobs is None:
             self.old_logprobs = logp.detach()

@@ -35,7 +35,9 @@ def _single_learner(config: Config, local_steps: int, output_dir: str, output_na
     return dataclasses.replace(
         config,
         algorithm=dataclasses.replace(config.algorithm, name=config.algorithm.reference_rule, local_steps=local_steps),
-        federation=dataclasses.replace(config.federation, num_clients=1, clients_per_round=1),
+        # One learner: nothing to screen or outvote, and min_clients of the federation does not apply to it.
+        federation=dataclasses.replace(config.federation, num_clients=1, clients_per_round=1, min_clients=0),
+        aggregation=dataclasses.replace(config.aggregation, max_norm_ratio=0.0),
         data=dataclasses.replace(config.data, provocative_ratios=()),  # the partition is given, not re-made
         output=dataclasses.replace(config.output, dir=output_dir, name=output_name),
     )

@@ -5,7 +5,9 @@ Every engine passes each round's updates through these checks before they reach 
   adapter, and every value finite; otherwise the update is rejected with the reason;
 - norm screening: an update whose L2 norm exceeds `max_norm_ratio` x the round's median norm
   (over the updates that passed the first check, when there are 3 or more) is rejected.
-Rejected updates are recorded in the round's `dropped` and never averaged in.
+Rejected updates are recorded in the round's `dropped` and never averaged in. FedCMOO's probes
+(its first round trip) pass `screen_probes`: the algorithm's layout check (top-k indices in range),
+finite values, the sample count asked for, and the same norm screen on their values.
 
 The norm screen needs the round's median before it can accept anyone, so the engines hold a
 round's updates in `SpilledUpdates`: each update is checked and its norm taken when it arrives,
@@ -30,7 +32,7 @@ import io
 import math
 import statistics
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -91,11 +93,18 @@ class Candidate:
     weight: float
 
 
-def rejection(candidate: Candidate, reference: Adapter, expected: int) -> str | None:
-    """Why this update fails the per-update checks (`check_update`, a positive finite sample count); None if it passes."""
+def rejection(candidate: Candidate, reference: Adapter, expected: int, expected_samples: float | None = None) -> str | None:
+    """Why this update fails the per-update checks; None if it passes.
+
+    The checks: `check_update`, a positive finite sample count and, when the server knows what it
+    asked the client to do (`expected_samples`, e.g. K x B x G completions), that count exactly:
+    the count is the client's aggregation weight, so a client claiming more would own the mean.
+    """
     reason = check_update(candidate.uploads, reference, expected)
     if reason is None and not (math.isfinite(candidate.weight) and candidate.weight > 0):
         reason = f"rejected: sample count {candidate.weight} is not positive"
+    if reason is None and expected_samples is not None and candidate.weight != expected_samples:
+        reason = f"rejected: reports {candidate.weight:g} samples, but the server asked for {expected_samples:g}"
     return reason
 
 
@@ -116,7 +125,11 @@ def norm_rejections(norms: dict[int, float], max_norm_ratio: float) -> dict[int,
 
 
 def screen(
-    candidates: Sequence[Candidate], reference: Adapter, expected: int, max_norm_ratio: float
+    candidates: Sequence[Candidate],
+    reference: Adapter,
+    expected: int,
+    max_norm_ratio: float,
+    expected_samples: float | None = None,
 ) -> tuple[list[Candidate], dict[int, str]]:
     """The candidates that pass `rejection` and the norm screen, and the reasons for the others.
 
@@ -126,7 +139,7 @@ def screen(
     rejected: dict[int, str] = {}
     passed: list[Candidate] = []
     for c in candidates:
-        reason = rejection(c, reference, expected)
+        reason = rejection(c, reference, expected, expected_samples)
         if reason is None:
             passed.append(c)
         else:
@@ -136,6 +149,35 @@ def screen(
         rejected.update(too_large)
         passed = [c for c in passed if c.client_id not in too_large]
     return passed, rejected
+
+
+def screen_probes(
+    candidates: Sequence[Candidate],
+    check: Callable[[Sequence[Adapter]], str | None],
+    expected_samples: float,
+    max_norm_ratio: float,
+) -> tuple[list[Candidate], dict[int, str]]:
+    """A round's probes (the first trip of a two-round-trip algorithm, FedCMOO) screened as updates are.
+
+    Per probe: the algorithm's own layout check (`check`: names, dtypes, shapes, index ranges,
+    finite values; `TwoRoundTrips.check_probe`) and the sample count the server asked for; then
+    the norm screen over the probes that passed, on their values (the floating-point tensors:
+    top-k indices are positions, not values). Returns the passing probes and why the others failed.
+    """
+    rejected: dict[int, str] = {}
+    passed: list[Candidate] = []
+    for c in candidates:
+        reason = check(c.uploads)
+        if reason is None and c.weight != expected_samples:
+            reason = f"rejected: reports {c.weight:g} samples, but the server asked for {expected_samples:g}"
+        if reason is None:
+            passed.append(c)
+        else:
+            rejected[c.client_id] = reason
+    values = [[{n: t for n, t in u.items() if t.is_floating_point()} for u in c.uploads] for c in passed]
+    too_large = norm_rejections({c.client_id: update_norm(v) for c, v in zip(passed, values, strict=True)}, max_norm_ratio)
+    rejected.update(too_large)
+    return [c for c in passed if c.client_id not in too_large], rejected
 
 
 SPILL_AFTER_BYTES = 2**20
@@ -183,8 +225,10 @@ class SpilledUpdates:
         max_norm_ratio: float,
         spill_after: int | None = None,
         directory: str | None = None,
+        expected_samples: float | None = None,
     ) -> None:
         self.reference, self.expected, self.max_norm_ratio = reference, expected, max_norm_ratio
+        self.expected_samples = expected_samples
         limit = SPILL_AFTER_BYTES if spill_after is None else spill_after
         self.spill = tempfile.SpooledTemporaryFile(max_size=limit, dir=directory)  # noqa: SIM115 (closed in close)
         self.payload_bytes = sum(t.numel() * t.element_size() for t in reference.values())
@@ -195,7 +239,7 @@ class SpilledUpdates:
 
     def add(self, candidate: Candidate) -> None:
         """Check one update now; keep its scalars and spill its tensors, or record why it was rejected."""
-        reason = rejection(candidate, self.reference, self.expected)
+        reason = rejection(candidate, self.reference, self.expected, self.expected_samples)
         if reason is not None:
             self.rejected[candidate.client_id] = reason
             return

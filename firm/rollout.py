@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -291,6 +292,18 @@ class _Sampler:
         return torch.stack(self.tokens, dim=1), torch.stack(self.alive, dim=1), torch.stack(self.chosen, dim=1)
 
 
+def _cache_arg(model: Any, cache: Any) -> dict[str, Any]:
+    """`model(..., **_cache_arg(model, cache))` hands the KV cache over under the name `model`'s forward takes.
+
+    Recent transformers 5 releases (5.24 here) call it `cache` and warn (FutureWarning, at every
+    call) on the old name `past_key_values`, which goes in 5.40; releases before the rename know only
+    the old name. A peft model passes it through to its base model's forward.
+    """
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
 def _prefill(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the B prompts once into `cache`; returns (last-position logits [B, V], positions [B, P])."""
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
@@ -298,9 +311,9 @@ def _prefill(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ca
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **_cache_arg(model, cache),
     )
     return out.logits[:, -1], positions
 
@@ -315,12 +328,13 @@ def _decode_dynamic(
     logits = logits.repeat_interleave(group, dim=0)  # [S, V]
     mask = prompt_mask.repeat_interleave(group, dim=0)  # [S, P]
     next_pos = positions[:, -1:].repeat_interleave(group, dim=0) + 1  # [S, 1]
+    kv = _cache_arg(model, cache)
     for step in range(max_new_tokens):
         token = sampler.draw(logits)
         if step == max_new_tokens - 1 or sampler.done():
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
     return sampler.result()
@@ -345,12 +359,13 @@ def _decode_static(
     mask[:, 0, 0, :prompt_len] = prompt_mask.repeat_interleave(group, dim=0).bool()
     logits = logits.repeat_interleave(group, dim=0)  # [S, V]
     next_pos = positions[:, -1:].repeat_interleave(group, dim=0) + 1  # [S, 1]
+    kv = _cache_arg(model, cache)
     for step in range(max_new_tokens):
         token = sampler.draw(logits)
         if step == max_new_tokens - 1 or sampler.done():
             break
         mask[:, 0, 0, prompt_len + step] = True
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
     return sampler.result()
@@ -430,7 +445,9 @@ def _completion_hidden(policy: Policy, rollout: Rollout) -> torch.Tensor:
     prompt_mask = rollout.attention_mask[::group, :prompt_len]
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=lm.config)
-    out = body(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = body(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **_cache_arg(body, cache)
+    )
     last = out.last_hidden_state[:, -1:].repeat_interleave(group, dim=0)  # [S, 1, H] predicts token 0
     num_completion = rollout.completion_mask.shape[1]
     if num_completion == 1:
@@ -442,8 +459,8 @@ def _completion_hidden(policy: Policy, rollout: Rollout) -> torch.Tensor:
         input_ids=rollout.input_ids[:, prompt_len:-1],
         attention_mask=rollout.attention_mask[:, :-1],
         position_ids=completion_pos,
-        past_key_values=cache,
         use_cache=True,
+        **_cache_arg(body, cache),
     )
     return torch.cat([last, out.last_hidden_state], dim=1)
 

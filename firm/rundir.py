@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,20 +48,55 @@ def make_public(path: Path) -> None:
         path.chmod(0o666 & ~mask)
 
 
+ASIDE = ".replaced."
+"""Infix of the name an old directory is renamed to while `replace_dir_atomic` swaps in the new one."""
+
+
 def replace_dir_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Build a directory in a temp folder beside `target` with `fill`, then swap it in by rename."""
+    """Build a directory in a temp folder beside `target` with `fill`, then swap it in by rename.
+
+    The old `target` is renamed aside (`.<name>.replaced.*`) before the new one is renamed in and
+    removed only after: a crash between the two renames leaves the old directory aside, never
+    neither of them; `recover_replaced` puts it back.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         fill(tmp)
         make_public(tmp)
+        aside: Path | None = None
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{ASIDE}"))
+            os.replace(target, aside)  # onto the empty placeholder: a directory rename, atomic
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if aside is not None and not target.exists():
+                os.replace(aside, target)  # the swap failed: the old directory comes back
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def recover_replaced(target: Path) -> bool:
+    """After a crash inside `replace_dir_atomic`: put the old directory back if `target` is missing.
+
+    Returns True if it did. Leftover asides beside an existing `target` (a crash after the swap,
+    before the old one was removed) are deleted. Call it only where no other process is swapping
+    `target` at the same time (a run's own checkpoints and final adapter).
+    """
+    asides = sorted(target.parent.glob(f".{target.name}{ASIDE}*"), key=lambda p: p.stat().st_mtime)
+    restored = False
+    if asides and not target.exists():
+        os.replace(asides.pop(), target)
+        restored = True
+    for leftover in asides:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return restored
 
 
 class RunDirError(RuntimeError):
@@ -95,14 +131,25 @@ class RunDir:
         self = cls.__new__(cls)
         self.path = path
         self.metrics_path = path / "metrics.jsonl"
+        recover_replaced(path / "final_adapter")
         rows: list[dict[str, Any]] = []
         if self.metrics_path.exists():
-            for lineno, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+            text = self.metrics_path.read_text(encoding="utf-8")
+            lines = text.splitlines()
+            for lineno, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:  # a row cut short by the crash: only the last can be
+                except json.JSONDecodeError:
+                    if lineno == len(lines) and not text.endswith("\n"):
+                        # a crash in the middle of an append: only the last row can be cut short
+                        print(
+                            f"firm: {self.metrics_path}:{lineno}: dropping an incomplete last row "
+                            f"({len(line)} characters, cut short by a crash); that round runs again",
+                            file=sys.stderr,
+                        )
+                        continue
                     raise RunDirError(f"{self.metrics_path}:{lineno}: not a JSON row") from None
                 if row.get("round", 0) <= keep_rounds:
                     rows.append(row)

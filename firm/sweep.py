@@ -76,6 +76,9 @@ def sweep(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str
             raise ConfigError(f"--algorithms: unknown algorithm {name!r}; allowed: {', '.join(sorted(ALGORITHMS))}")
     if not algorithms:
         raise ConfigError("--algorithms: give at least one algorithm")
+    # a setting one of the algorithms refuses (aggregation.clip_norm with fmgda) stops the sweep before its first run
+    for name in algorithms:
+        validate(dataclasses.replace(config, algorithm=dataclasses.replace(config.algorithm, name=name)))
     out = config.output
     root = sweep_dir(config)
     key = _sweep_key(config, algorithms, divisions)

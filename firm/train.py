@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from firm import __version__, checkpoint
 from firm.aggregation import weights_drift
@@ -30,6 +30,9 @@ from firm.objectives import Objective, resolve_objective
 from firm.policy import Policy, build_policy
 from firm.robust import RoundFailed
 from firm.rundir import RunDir, RunDirError
+
+if TYPE_CHECKING:
+    from firm.palette import Federation, PaletteSolution
 
 NUM_SAMPLES = 4
 """Held-out prompts whose base and final completions go into samples.jsonl and the report."""
@@ -81,6 +84,9 @@ class Engine(Protocol):
 EngineFactory = Callable[[Policy, Algorithm, Sequence[tuple[str, Objective]], FederatedPrompts, Config, bool], Engine]
 """(policy, algorithm, objectives, prompts, config, communicate) -> engine; the in-process engine by default."""
 
+PaletteSolve = Callable[[Config], "tuple[PaletteSolution, Federation]"]
+"""config -> the palette's solution and the Federation it asked (firm.palette.sampling.solve_federated in process)."""
+
 
 def _inprocess(
     policy: Policy,
@@ -100,6 +106,7 @@ def run(
     prompts: FederatedPrompts | None = None,
     communicate: bool = True,
     engine: EngineFactory | None = None,
+    palette_solve: PaletteSolve | None = None,
     resume_from: Path | None = None,
 ) -> RunResult:
     """Train one LoRA adapter with `config.algorithm` across simulated clients; see the README for outputs.
@@ -110,6 +117,8 @@ def run(
     `communicate=False` counts no bytes: both are for the non-federated references (firm.references).
     `engine` builds the engine that runs the clients' side of each round (the Flower ServerApp
     passes one that sends the round to SuperNodes); everything else in the run is the same.
+    `palette_solve` solves `palette.targets` from the clients' reward samples (the Flower ServerApp
+    passes one that asks the SuperNodes; default: the in-process clients sample their shards).
     `resume_from` continues the run directory from its latest checkpoint (see `resume`).
     """
     if config.algorithm.name in REFERENCES:
@@ -126,7 +135,7 @@ def run(
     policy = _policy(config, reuse_model)
     palette: dict[str, Any] | None = None
     if config.palette.targets:  # MAP targets -> the preference every algorithm trains with
-        palette, config = _palette(config, policy, objectives, prompts, resume_from)
+        palette, config = _palette(config, policy, objectives, prompts, resume_from, palette_solve)
     algorithm = ALGORITHMS[config.algorithm.name](config)
     rounds = (engine or _inprocess)(policy, algorithm, objectives, prompts, config, communicate)
     global_adapter = policy.get_adapter()
@@ -144,8 +153,7 @@ def run(
             first_round, global_adapter = ckpt.round + 1, ckpt.global_adapter
             policy.set_adapter(global_adapter)
             rounds.client_states.update({int(k): v for k, v in ckpt.state.get("client_states", {}).items()})
-            if hasattr(algorithm, "server_state"):
-                algorithm.server_state.update(ckpt.state.get("server_state", {}))
+            _server_state(algorithm).update(ckpt.state.get("server_state", {}))
 
     def run_eval() -> tuple[dict[str, float], float]:
         ro = config.rollout
@@ -169,7 +177,9 @@ def run(
         if resume_from is None:
             run_dir.write_json("palette.json", palette)
 
-    def save_checkpoint(round_idx: int, adapter: Adapter, client_states: dict[int, dict[str, Any]]) -> None:
+    def save_checkpoint(
+        round_idx: int, adapter: Adapter, client_states: dict[int, dict[str, Any]], server_state: dict[str, Any]
+    ) -> None:
         state = {
             "round": round_idx,
             "algorithm": algorithm.name,
@@ -177,13 +187,17 @@ def run(
             "initial_eval": summary["initial_eval"],
             "initial_kl": summary["initial_kl"],
             "client_states": {str(k): v for k, v in client_states.items()},
-            "server_state": getattr(algorithm, "server_state", {}),
+            "server_state": server_state,
         }
         run_dir.write_checkpoint(round_idx, partial(_save, policy, adapter), adapter, state)
 
     progress = _progress(config, done=len(metrics) * fed.clients_per_round)
     last_saved = first_round - 1
-    client_states = copy.deepcopy(rounds.client_states)  # as of the last completed round
+    # The last completed round's adapter, client states and server state (FedCMOO's warm start):
+    # a round's results replace them only once its metrics row is written, so an interruption in
+    # the round (its evaluation included) checkpoints, resumes and retries from a consistent state.
+    client_states = copy.deepcopy(rounds.client_states)
+    server_state = copy.deepcopy(_server_state(algorithm))
     try:
         if ckpt is not None and ckpt.state.get("initial_eval") is not None:
             initial_eval, initial_kl = ckpt.state["initial_eval"], ckpt.state["initial_kl"]
@@ -198,12 +212,12 @@ def run(
                     outcome = rounds.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
                     break
                 except RoundFailed as err:
-                    rounds.client_states.clear()  # the failed attempt's client states are not kept
-                    rounds.client_states.update(copy.deepcopy(client_states))
+                    # the failed attempt's client and server states are not kept: retry from the last completed round
+                    _restore(rounds.client_states, client_states)
+                    _restore(_server_state(algorithm), server_state)
                     if attempt > fed.round_retries:
                         raise
                     print(f"firm: {err}; retrying the round ({attempt} of {fed.round_retries})", file=sys.stderr)
-            global_adapter = outcome.global_adapter
             eval_rewards: dict[str, float] | None = None
             kl: float | None = None
             times = dict(outcome.times)
@@ -230,9 +244,12 @@ def run(
             }
             run_dir.append_metrics(row)
             metrics.append(row)
+            # The round is complete only now: its results become the state to checkpoint and resume from.
+            global_adapter = outcome.global_adapter
             client_states = copy.deepcopy(rounds.client_states)
+            server_state = copy.deepcopy(_server_state(algorithm))
             if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
-                save_checkpoint(round_idx, global_adapter, client_states)
+                save_checkpoint(round_idx, global_adapter, client_states, server_state)
                 last_saved = round_idx
             if eval_rewards is not None:
                 progress.set_postfix({k[:12]: f"{v:.3f}" for k, v in eval_rewards.items()})
@@ -259,7 +276,7 @@ def run(
         if completed > last_saved and "initial_eval" in summary:
             # Ctrl-C or a failed round between checkpoints: keep the last completed round resumable
             try:
-                save_checkpoint(completed, global_adapter, client_states)
+                save_checkpoint(completed, global_adapter, client_states, server_state)
             except Exception as save_err:  # never hide the error that ended the run
                 print(f"firm: could not write the checkpoint of round {completed}: {save_err}", file=sys.stderr)
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
@@ -276,12 +293,25 @@ def run(
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
 
 
+def _server_state(algorithm: Algorithm) -> dict[str, Any]:
+    """The algorithm's live server state (FedCMOO's warm-start weights), or an empty dict for stateless servers."""
+    state = getattr(algorithm, "server_state", None)
+    return state if isinstance(state, dict) else {}
+
+
+def _restore(live: dict[Any, Any], saved: dict[Any, Any]) -> None:
+    """Put `saved` (a deep copy kept by the loop) back into the live dict an engine or algorithm holds."""
+    live.clear()
+    live.update(copy.deepcopy(saved))
+
+
 def _palette(
     config: Config,
     policy: Policy,
     objectives: Sequence[tuple[str, Objective]],
     prompts: FederatedPrompts,
     resume_from: Path | None,
+    palette_solve: PaletteSolve | None = None,
 ) -> tuple[dict[str, Any], Config]:
     """Solve `palette.targets` from the clients' reference samples; return palette.json's content and the config
     with objectives.preference from lambda (`palette.weights`). Raises PaletteInfeasible before any training.
@@ -290,14 +320,13 @@ def _palette(
     """
     import dataclasses
 
-    from firm.config import check_palette_engine
     from firm.palette import PaletteInfeasible
     from firm.palette.sampling import palette_record, solve_federated
 
-    check_palette_engine(config)
     if resume_from is not None and (resume_from / "palette.json").is_file():
         return json.loads((resume_from / "palette.json").read_text(encoding="utf-8")), config
-    solution, federation = solve_federated(policy, objectives, prompts.clients, config)
+    solve = palette_solve or partial(solve_federated, policy, objectives, prompts.clients)
+    solution, federation = solve(config)
     if not solution.feasible:
         raise PaletteInfeasible(f"palette.targets {config.palette.targets!r}: {solution.reason}")
     record = palette_record(solution, federation, config)
@@ -354,6 +383,9 @@ def resume(run_dir: str | Path) -> RunResult:
 
     Raises RunDirError if the run already completed or its files are unusable, CheckpointError if
     the checkpoint is unreadable or does not match the config (the message says what differs).
+    A run of `engine=flower` is submitted again to its SuperLink and resumed by the ServerApp
+    there (firm.engines.flower.submit; FlowerRunError if that run does not complete); run this
+    where the run directory is, the SuperLink's host.
     """
     path = Path(run_dir)
     if not (path / "config.toml").is_file():
@@ -367,6 +399,18 @@ def resume(run_dir: str | Path) -> RunResult:
         if status == "completed":
             raise RunDirError(f"{path}: the run already completed; nothing to resume")
     config = load_config(path / "config.toml")
-    if config.engine.name != "inprocess":
-        raise RunDirError(f"{path}: resuming is supported for the in-process engine; this run used engine {config.engine.name!r}")
+    if config.engine.name == "flower":
+        # A new Flower run whose ServerApp continues this directory (its clients' states are on their nodes).
+        from firm.engines.flower.submit import submit
+
+        return _read_result(submit(config, resume_from=path.absolute()))
     return run(config, resume_from=path)
+
+
+def _read_result(run_dir: Path) -> RunResult:
+    """The RunResult of a completed run directory that another process wrote (the Flower ServerApp)."""
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    final = checkpoint.load(checkpoint.latest(run_dir))  # the last round is always checkpointed
+    report = run_dir / "report.html"
+    return RunResult(run_dir, final.global_adapter, metrics, summary, report if report.is_file() else None)

@@ -108,3 +108,94 @@ def test_cli_config_errors_exit_nonzero_without_traceback(overrides: list[str], 
     assert proc.stderr.startswith("firm: error: ")
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- settings that would do nothing
+
+DO_NOTHING = [
+    (["algorithm.name=fmgda", "aggregation.clip_norm=1"], "aggregation.clip_norm: fmgda does not clip"),
+    (["algorithm.name=fedcmoo", "aggregation.clip_norm=1"], "aggregation.clip_norm: fedcmoo does not clip"),
+    (["aggregation.rule=median"], "aggregation.rule: 'median' needs 3 or more updates per round"),
+    (
+        ["aggregation.rule=trimmed_mean", "federation.clients_per_round=4"],
+        "aggregation.trim: 0.2 of federation.clients_per_round = 4 updates trims 0 at each end",
+    ),
+    (["aggregation.rule=trimmed_mean", "aggregation.trim=0", "federation.clients_per_round=4"], "aggregation.trim: 0 of"),
+    (
+        ["algorithm.name=centralized", "aggregation.rule=median", "federation.clients_per_round=4"],
+        "aggregation.rule: 'median' does nothing for the reference 'centralized'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), DO_NOTHING)
+def test_settings_that_would_silently_do_nothing_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_robust_rules_are_accepted_where_they_act() -> None:
+    four = ["federation.clients_per_round=4"]
+    assert load_config(None, ["aggregation.rule=median", "federation.clients_per_round=3"]).aggregation.rule == "median"
+    assert load_config(None, ["aggregation.rule=trimmed_mean", "aggregation.trim=0.25", *four]).aggregation.trim == 0.25
+    five = ["federation.num_clients=5", "federation.clients_per_round=5"]
+    assert load_config(None, ["aggregation.rule=trimmed_mean", *five]).aggregation.trim == 0.2  # int(0.2 x 5) = 1 per end
+    assert load_config(None, ["algorithm.name=fedavg", "aggregation.clip_norm=1"]).aggregation.clip_norm == 1.0
+
+
+@pytest.fixture
+def warnings_seen(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """A fresh record of the warnings printed so far, so each test sees its own first printing."""
+    import firm.config
+
+    seen: set[str] = set()
+    monkeypatch.setattr(firm.config, "_WARNED", seen, raising=False)
+    return seen
+
+
+WARNED = [
+    (["aggregation.max_norm_ratio=5"], "aggregation.max_norm_ratio: the norm screen needs 3 or more updates in a round"),
+    (
+        ["federation.clients_per_round=4", "federation.min_clients=2"],
+        "aggregation.max_norm_ratio: a round left with fewer than 3 updates (federation.min_clients = 2) is not screened",
+    ),
+    (
+        ["federation.clients_per_round=4", "federation.min_clients=2", "aggregation.rule=median"],
+        "aggregation.rule: a round left with fewer than 3 updates (federation.min_clients = 2) takes their plain median",
+    ),
+    (
+        ["federation.clients_per_round=4", "federation.min_clients=3", "aggregation.rule=trimmed_mean", "aggregation.trim=0.25"],
+        "aggregation.trim: a round left with fewer than 4 updates (federation.min_clients = 3) trims none of them",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), WARNED)
+def test_settings_that_act_in_only_some_rounds_warn_once(
+    overrides: list[str], message: str, warnings_seen: set[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_config(None, overrides)
+    load_config(None, overrides)  # validated again (a sweep, the Flower ServerApp): not printed again
+    lines = capsys.readouterr().err.splitlines()
+    matching = [line for line in lines if message in line]
+    assert len(matching) == 1 and matching[0].startswith(f"firm: warning: {message}"), lines
+    assert all(line.startswith("firm: warning: ") for line in lines)
+    assert len(lines) == len(set(lines))
+
+
+def test_the_default_config_prints_no_warning(warnings_seen: set[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """The default norm screen at the default 2 clients per round is documented, not warned about (`make demo` stays clean)."""
+    load_config()
+    assert capsys.readouterr().err == ""
+
+
+def test_help_says_robust_rules_weigh_every_update_equally() -> None:
+    from firm.config import field_help
+
+    help_text = {key: doc for key, _, _, doc in field_help()}
+    assert "sample counts are not used" in help_text["aggregation.rule"]
+    assert "3 or more" in help_text["aggregation.rule"]
+    assert "fmgda and fedcmoo do not clip" in help_text["aggregation.clip_norm"]
+    assert "fewer updates" in help_text["federation.min_clients"]

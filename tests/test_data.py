@@ -27,7 +27,7 @@ from firm.data import (
     topic_partition,
 )
 from firm.prompts import PROVOCATIVE_PROMPTS
-from firm.seeding import derive_seed
+from firm.seeding import Stream, derive_seed
 
 needs_chatterbot = pytest.mark.skipif(importlib.util.find_spec("chatterbot_corpus") is None, reason="chatterbot-corpus")
 needs_chitchat = pytest.mark.skipif(importlib.util.find_spec("chitchat_dataset") is None, reason="chitchat-dataset")
@@ -308,4 +308,4 @@ def test_client_sampling_and_batches_are_derived_from_seed() -> None:
     assert len({p.text for p in batch}) == 4  # without replacement when the shard is large enough
     assert batch == prompt_batch(shard, 0, 1, 2, 0, size=4)
     assert len(prompt_batch(shard[:2], 0, 1, 2, 0, size=4)) == 4  # with replacement when it is not
-    assert derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
+    assert derive_seed(Stream.EVAL, 0, 1, 2) != derive_seed(Stream.EVAL, 0, 2, 1)

@@ -18,9 +18,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
 from safetensors.torch import load_file
 
 from firm.config import Config, ConfigError, load_config
@@ -30,9 +30,7 @@ from firm.engines.flower.records import (
     config_to_run_config,
     payload_bytes,
     record_to_adapter,
-    records_to_state,
     run_config_to_config,
-    state_to_records,
 )
 from firm.engines.flower.submit import FlowerRunError, app_pyproject, submit
 from firm.train import run
@@ -108,15 +106,6 @@ def test_payload_bytes_count_each_distinct_object_once() -> None:
     assert payload_bytes(adapter_to_record(zeros)) < size - 1000
 
 
-def test_client_state_round_trip_through_context_records() -> None:
-    records = RecordDict()
-    assert records_to_state(records, "s") == {}
-    state = {"momentum": torch.arange(6.0).reshape(2, 3), "rounds_seen": 3, "last": [0.5, 0.5]}
-    state_to_records(state, records, "s")
-    back = records_to_state(records, "s")
-    assert torch.equal(back["momentum"], state["momentum"]) and back["rounds_seen"] == 3 and back["last"] == [0.5, 0.5]
-
-
 # --------------------------------------------------------------------------- loopback runs
 
 
@@ -142,6 +131,14 @@ def _flower_config(tmp_path: Path, cluster: local.Cluster, *overrides: str) -> C
 
 
 ALGORITHMS = ["firm", "fedavg", "mgda", "fmgda", "fedcmoo"]
+PALETTE = (
+    "algorithm=fedavg",
+    "palette.targets=positiveness=+0.02,conciseness=+0.003",
+    "palette.prompts_per_client=6",
+    "federation.rounds=1",
+)
+"""Two targets that both bind on the tiny model's samples, in 10 statistics rounds (about 5 s each on Flower); FedAvg
+steps with exactly the preference, so the rows show what the nodes trained with."""
 T = TypeVar("T")
 
 
@@ -253,6 +250,48 @@ def test_flower_engine_with_tls_and_node_auth(
             tiny_config(tmp_path / "plain", "engine=flower", f'engine.superlink="{cluster.superlink}"', "output.name=plain"),
             quiet=True,
         )
+
+
+@pytest.fixture(scope="module")
+def palette_run(
+    cluster: local.Cluster, parity_runs: dict[str, Path | BaseException], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`PALETTE` on the shared cluster once the parity runs are done: warm workers, and nothing else running.
+
+    Not with the parity runs: each statistics round is a message round trip that needs both nodes,
+    and queued behind five runs' training messages a round can outlast `engine.round_timeout`. Not
+    with the own-cluster runs either: their first round must finish within 180 s of their start.
+    """
+    del parity_runs  # only to come after them
+    return submit(_flower_config(tmp_path_factory.mktemp("palette"), cluster, *PALETTE, "output.name=run"), quiet=True)
+
+
+def test_palette_on_flower_matches_in_process(tmp_path: Path, palette_run: Path) -> None:
+    """`firm train engine=flower palette.targets=...`: the SuperNodes sample and answer the statistics rounds by
+    Message; the server's solve gives the in-process lambda, and the nodes train with its preference."""
+    flower_dir = palette_run
+    inproc = run(tiny_config(tmp_path / "inprocess", *PALETTE, "palette.region=false", "output.name=run"))
+    ours = json.loads((flower_dir / "palette.json").read_text())
+    theirs = json.loads((inproc.run_dir / "palette.json").read_text())
+    names = ["positiveness", "conciseness"]
+    lam = np.array([ours["lambda"][n] for n in names])
+    expected = np.array([theirs["lambda"][n] for n in names])
+    assert expected.min() > 0  # both targets bind: a two-dimensional solve
+    assert np.abs(lam - expected).max() <= 1e-9
+    assert ours["stat_rounds"] == theirs["stat_rounds"] and ours["num_samples"] == theirs["num_samples"] == 2 * 6 * 4
+    assert ours["clients"] == 2 and ours["engine"] == "flower"
+    # counted from the messages' records: more than the 8 bytes per number the in-process count assumes
+    assert ours["stat_upload_bytes"] > theirs["stat_upload_bytes"] > 0 and ours["stat_download_bytes"] > 0
+    assert "region" not in ours and "not drawn on Flower" in ours["region_skipped"]
+    # the nodes trained with the palette's preference: FedAvg's logged weights are exactly p = lambda / sum(lambda)
+    summary = json.loads((flower_dir / "summary.json").read_text())
+    np.testing.assert_allclose(summary["preference"], expected / expected.sum(), rtol=0, atol=1e-12)
+    for row in _rows(flower_dir):
+        assert sorted(row["weights"]) == ["0", "1"]
+        for weights in row["weights"].values():
+            np.testing.assert_allclose(weights, summary["preference"], rtol=0, atol=1e-12)
+    ours_adapter, theirs_adapter = _adapter(flower_dir), _adapter(inproc.run_dir)
+    assert max((ours_adapter[k] - theirs_adapter[k]).abs().max().item() for k in ours_adapter) < 1e-6
 
 
 def _sites_run(tmp_path: Path) -> tuple[Path, str, Path]:

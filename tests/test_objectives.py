@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from firm.objectives import REGISTRY, ObjectiveError, resolve_objective, score
 from firm.objectives.conciseness import SCALE_WORDS, conciseness
@@ -49,11 +50,12 @@ def test_registry_and_module_function() -> None:
 
 
 def test_score_shape_and_errors() -> None:
-    rewards = score([("c", conciseness), ("p", positiveness)], ["a", "b"], ["one two", "great"])
+    cpu = torch.device("cpu")
+    rewards = score([("c", conciseness), ("p", positiveness)], ["a", "b"], ["one two", "great"], device=cpu)
     assert rewards.shape == (2, 2)
     with pytest.raises(ObjectiveError, match="objective 'short' returned 1 rewards for 2 completions"):
-        score([("short", lambda prompts, completions, **kw: [0.0])], ["a", "b"], ["x", "y"])
+        score([("short", lambda prompts, completions, **kw: [0.0])], ["a", "b"], ["x", "y"], device=cpu)
     with pytest.raises(ObjectiveError, match="objective 'nan' returned NaN"):
-        score([("nan", lambda prompts, completions, **kw: [float("nan")] * 2)], ["a", "b"], ["x", "y"])
+        score([("nan", lambda prompts, completions, **kw: [float("nan")] * 2)], ["a", "b"], ["x", "y"], device=cpu)
     with pytest.raises(ObjectiveError, match="objective 'text' returned a value that is not a number"):
-        score([("text", lambda prompts, completions, **kw: ["x", "y"])], ["a", "b"], ["x", "y"])
+        score([("text", lambda prompts, completions, **kw: ["x", "y"])], ["a", "b"], ["x", "y"], device=cpu)

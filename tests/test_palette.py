@@ -235,16 +235,6 @@ def test_palette_config_errors(tmp_path: Path, override: str, fragment: str) -> 
         tiny_config(tmp_path, override)
 
 
-def test_palette_training_refused_on_flower_but_the_solve_is_not(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tiny_config(tmp_path, "palette.targets=positiveness=0.5", "engine=flower")  # `firm palette` may use it
-    assert config.palette.targets == "positiveness=0.5"
-    status = main(["train", "engine=flower", "palette.targets=positiveness=0.5", *_cli_args(tmp_path)])
-    assert status == 2
-    assert "in-process engine only" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="in-process engine only"):
-        run(config)
-
-
 def test_solve_federated_reports_cost(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "palette.targets=positiveness=+0.01", "palette.prompts_per_client=2")
     fed = config.federation

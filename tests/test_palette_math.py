@@ -654,3 +654,59 @@ def test_strictly_feasible_targets_are_met(problem: tuple[Array, Array]) -> None
     assert np.all(sol.lam >= 0) and np.all(sol.lam[~act] == 0)
     assert np.all(sol.predicted[act] >= c[act] - FEASIBILITY_TOL * scale[act])
     assert math.isfinite(sol.kl) and sol.kl >= 0.0
+
+
+# ---------------------------------------------------------------- 10. what a server can learn from the answers (docs/palette.md)
+#
+# The client side here is `Samples`: what each client holds in process (firm.palette.sampling) and
+# what a Flower node answers with (firm.engines.flower.palette.node_reply). The "server" below sees
+# only the answers, and asks questions of its own choosing, as the protocol lets it.
+
+
+def _kth_smallest_by_counts(client: Samples, value: int, k: int, width: float) -> tuple[float, int]:
+    """The k-th smallest reward `value` of the client, from `count_at_most` answers alone; and how many questions it took."""
+    questions = 0
+
+    def count(threshold: float) -> float:
+        nonlocal questions
+        questions += 1
+        return client.count_at_most(value, threshold)
+
+    lo, hi = -1.0, 1.0
+    while count(lo) >= k:  # bracket: fewer than k samples at or below lo, at least k at or below hi
+        lo *= 2.0
+    while count(hi) < k:
+        hi *= 2.0
+    while hi - lo > width:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if count(mid) >= k else (mid, hi)
+    return hi, questions
+
+
+def test_a_server_recovers_every_reward_value_of_a_client_from_count_answers_alone() -> None:
+    """count_at_most at server-chosen thresholds is a comparison oracle: bisection finds each sample to any precision."""
+    rewards = np.random.default_rng(7).uniform(-3.0, 5.0, size=(24, 2))
+    client = Samples(rewards)
+    n = round(client.count_at_most(0, math.inf))  # the client's number of samples, first
+    assert n == 24
+    found, questions = zip(*(_kth_smallest_by_counts(client, 0, k, 1e-7) for k in range(1, n + 1)), strict=True)
+    assert np.abs(np.array(found) - np.sort(rewards[:, 0])).max() < 1e-6  # every value of objective 0, sorted
+    assert sum(questions) < n * 40  # about log2(8 / 1e-7) = 27 questions per value, plus the bracket
+
+
+def test_the_tilt_statistics_reveal_max_lambda_r_the_top_samples_rewards_and_the_moments() -> None:
+    rewards = np.random.default_rng(8).uniform(0.0, 1.0, size=(30, 3))
+    client = Samples(rewards)
+    center = rewards.mean(axis=0) + 0.1  # whatever centre the server sends
+    u = np.array([0.2, 0.5, 0.3])
+    # the shift is the client's largest u^T (r_i - centre): max_i u^T r_i, exactly, at any direction u
+    assert client.stats(u, center).shift + u @ center == pytest.approx((rewards @ u).max(), abs=1e-12)
+    # a hard tilt along u puts all the weight on the top sample: its whole reward vector comes back
+    combined = np.sort(rewards @ u)
+    hard = client.stats((60.0 / (combined[-1] - combined[-2])) * u, center)  # the runner-up's weight: exp(-60)
+    np.testing.assert_allclose(hard.mean + center, rewards[np.argmax(rewards @ u)], rtol=0, atol=1e-9)
+    # lambda = 0: the client's number of samples, mean and covariance
+    flat = client.stats(np.zeros(3), center)
+    assert flat.total == 30
+    np.testing.assert_allclose(flat.mean + center, rewards.mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(flat.cov, np.cov(rewards.T, bias=True), rtol=0, atol=1e-12)

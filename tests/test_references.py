@@ -10,7 +10,9 @@ from tests.conftest import tiny_config
 
 
 def test_centralized_pools_the_prompts_and_sends_nothing(tmp_path: Path) -> None:
-    result = firm.run(tiny_config(tmp_path, "algorithm.name=centralized", "algorithm.reference_rule=firm", "output.name=c"))
+    # min_clients and a norm-screen setting of the federation must not break its single learner (they once did)
+    args = ["algorithm.name=centralized", "algorithm.reference_rule=firm", "federation.min_clients=2"]
+    result = firm.run(tiny_config(tmp_path, *args, "aggregation.max_norm_ratio=5", "output.name=c"))
     assert result.summary["reference"] == "centralized" and result.summary["status"] == "completed"
     for row in result.metrics:
         assert row["clients"] == [0]

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,9 +73,11 @@ def _numpy_reference(ids: np.ndarray, h5_path: Path) -> np.ndarray:
 
 
 def test_harmlessness_port_matches_numpy_lstm() -> None:
+    import torch
+
     from firm.objectives.harmlessness import _load, package_dir, pad_sequences, texts_to_sequences, toxicity
 
-    tokenizer = _load()[0]
+    tokenizer = _load(torch.device("cpu"))[0]
     for text in ["You are a stupid idiot and I hate you", "What a lovely day, thank you for your help."]:
         ids = pad_sequences(texts_to_sequences(tokenizer, [text]))[0]
         assert (ids[:90] == 0).all() and (ids[-5:] > 0).all()  # pre-padded
@@ -318,3 +321,91 @@ def test_importing_objectives_loads_no_scorer_library() -> None:
     code = f"import sys, firm.objectives; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_scorers_stay_on_the_run_device_when_cuda_exists(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_policy: object
+) -> None:
+    """model.device=cpu on a machine that has a GPU: every model-backed scorer runs on the CPU.
+
+    CUDA is faked (`is_available` -> True) and never reached: moving a module to a CUDA device fails
+    the test before it happens.
+    """
+    import torch
+
+    from firm.data import Prompt
+    from firm.evaluation import evaluate
+
+    harmlessness, hf_classifier, minilm = (
+        importlib.import_module(f"firm.objectives.{name}") for name in ("harmlessness", "hf_classifier", "minilm")
+    )
+    _tiny_classifier(tmp_path / "binary", num_labels=2)
+    caches = [harmlessness._load, hf_classifier._load, minilm._model]
+    for cache in caches:  # scorers loaded by earlier tests would hide where a new run puts them
+        cache.cache_clear()
+    moves: list[str] = []
+    real_to = torch.nn.Module.to
+
+    def guarded_to(self: torch.nn.Module, *args: object, **kwargs: object) -> torch.nn.Module:
+        target = " ".join(str(a) for a in (*args, *kwargs.values()))
+        moves.append(f"{type(self).__name__} -> {target}")
+        assert "cuda" not in target, f"{type(self).__name__} moved to {target} although model.device=cpu"
+        return real_to(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", guarded_to)
+    policy: Any = tiny_policy
+    assert policy.device == torch.device("cpu")
+    names = ["harmlessness", "helpfulness", f"hf:{tmp_path / 'binary'}"]
+    objectives = [(name, resolve_objective(name)) for name in names]
+    try:
+        means, _ = evaluate(policy, objectives, [Prompt("How do I boil an egg?")], 2, 6, 1.0, seed=0)
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+    assert all(math.isfinite(means[name]) for name in names)
+    assert any(m.startswith("ToxicBiLSTM") for m in moves) and any(m.startswith("SentenceTransformer") for m in moves)
+
+
+def test_scorers_load_on_the_device_they_are_given(tmp_path: Path) -> None:
+    """The device an objective is called with is where its model goes (the meta device: no GPU needed)."""
+    import torch
+
+    harmlessness = importlib.import_module("firm.objectives.harmlessness")
+    hf_classifier = importlib.import_module("firm.objectives.hf_classifier")
+    _tiny_classifier(tmp_path / "scalar", num_labels=1)
+    meta = torch.device("meta")
+    try:
+        assert {p.device for p in harmlessness._load(meta)[1].parameters()} == {meta}
+        assert {p.device for p in hf_classifier._load(str(tmp_path / "scalar"), meta)[1].parameters()} == {meta}
+    finally:
+        harmlessness._load.cache_clear()
+        hf_classifier._load.cache_clear()
+
+
+def test_every_scoring_call_passes_the_policy_device(tiny_policy: object) -> None:
+    """Training, evaluation, samples and the palette's reference rewards all tell the objectives the run's device."""
+    import torch
+
+    from firm.data import Prompt
+    from firm.evaluation import base_vs_final_samples, evaluate
+    from firm.palette.sampling import reference_rewards
+    from firm.policy_gradient import PolicyGradientProblem
+
+    seen: list[object] = []
+
+    def spy(prompts: list[str], completions: list[str], *, device: torch.device, **kwargs: Any) -> list[float]:
+        seen.append(device)
+        return [float(len(c)) for c in completions]
+
+    policy: Any = tiny_policy
+    objectives = [("length", spy), ("length2", spy)]
+    prompts = [Prompt("How was your day today?"), Prompt("Tell me about the ocean.")]
+    PolicyGradientProblem(policy, objectives, prompts, 2, 4, 1.0, 0.0, 0.2, 1e-6, torch.Generator().manual_seed(0))
+    evaluate(policy, objectives, prompts, 2, 4, 1.0, seed=0)
+    base_vs_final_samples(policy, objectives, prompts, 4, 1.0, seed=0)
+    reference_rewards(policy, objectives, prompts, 2, 4, 1.0, torch.Generator().manual_seed(0))
+    assert len(seen) == 2 * 5 and set(seen) == {policy.device}

@@ -77,3 +77,10 @@ def test_sweep_cli(tmp_path: Path) -> None:
     assert (tmp_path / "cli" / "sweep.json").is_file()
     bad = subprocess.run([*args[:5], "nope", *args[6:]], capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and "unknown algorithm 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sweep_refuses_a_setting_one_of_its_algorithms_refuses_before_any_run(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "federation.rounds=1", "algorithm.local_steps=1", "aggregation.clip_norm=1", "output.name=sw")
+    with pytest.raises(ConfigError, match=r"aggregation\.clip_norm: fmgda does not clip"):
+        sweep(config, ["firm", "fmgda"], divisions=1)
+    assert not (tmp_path / "sw" / "firm-p00").exists()  # not found out after the firm points had run

@@ -57,6 +57,37 @@ def topk_decompress(values: torch.Tensor, indices: torch.Tensor, size: int) -> t
     return out
 
 
+def check_probe(uploads: Sequence[Adapter], num_objectives: int, size: int, k: int | None = None) -> str | None:
+    """Why a client's probe cannot be averaged (None if it can): it must be what `client_probe` sends.
+
+    One payload of M pairs `values_m` [k] float32, `indices_m` [k] int32 (k as the server expects,
+    when given), the indices strictly increasing inside 0..size-1, the values finite. Unchecked, a
+    negative index would wrap onto another coordinate in `topk_decompress`, a large one would crash
+    the server, and a repeated one would count as one entry.
+    """
+    if len(uploads) != 1:
+        return f"rejected: {len(uploads)} probe payloads, expected 1"
+    (probe,) = uploads
+    names = {f"{part}_{m}" for m in range(num_objectives) for part in ("values", "indices")}
+    if probe.keys() != names:
+        missing, extra = sorted(names - probe.keys()), sorted(probe.keys() - names)
+        return f"rejected: probe tensor names differ (missing {missing[:2]}, unexpected {extra[:2]})"
+    for m in range(num_objectives):
+        values, indices = probe[f"values_{m}"], probe[f"indices_{m}"]
+        if values.dtype != torch.float32 or indices.dtype != torch.int32:
+            return f"rejected: probe values_{m} / indices_{m} are {values.dtype} / {indices.dtype}, expected float32 / int32"
+        n = values.numel()
+        if values.dim() != 1 or indices.shape != values.shape or not 1 <= n <= size or (k is not None and n != k):
+            expected = f"[{k}]" if k is not None else f"[k], 1 <= k <= {size}"
+            return f"rejected: probe values_{m} / indices_{m} have shapes {tuple(values.shape)} / {tuple(indices.shape)}, expected {expected}"
+        idx = indices.long()
+        if int(idx[0]) < 0 or int(idx[-1]) >= size or not bool((idx[1:] > idx[:-1]).all()):
+            return f"rejected: probe indices_{m} are not strictly increasing inside 0..{size - 1}"
+        if not bool(torch.isfinite(values).all()):
+            return f"rejected: probe values_{m} has NaN or Inf values"
+    return None
+
+
 def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
     """Euclidean projection onto the probability simplex (sort-based)."""
     u = torch.sort(v, descending=True).values
@@ -118,14 +149,21 @@ class FedCmoo:
     ) -> ClientUpdate:
         problem = sample_problem(PROBE_STEP)
         grads = problem.objective_gradients().detach().to("cpu", torch.float32)  # [M, d]
-        d = grads.shape[1]
-        k = math.floor(self.compression * d / (2 * self.num_objectives))
+        k = self.probe_k(grads.shape[1])
         payload: Adapter = {}
         for m in range(self.num_objectives):
             compressed = topk_compress(grads[m], k)
             payload[f"values_{m}"] = compressed["values"]
             payload[f"indices_{m}"] = compressed["indices"]
         return ClientUpdate([payload], problem.num_samples, [1.0 / self.num_objectives] * self.num_objectives)
+
+    def probe_k(self, size: int) -> int:
+        """Entries kept per objective of a probe of a d = `size` adapter: floor(c d / (2 M)), at least 1, at most d."""
+        return max(1, min(math.floor(self.compression * size / (2 * self.num_objectives)), size))
+
+    def check_probe(self, uploads: Sequence[Adapter], size: int) -> str | None:
+        """Why this probe cannot be averaged (None if it can); see `check_probe`."""
+        return check_probe(uploads, self.num_objectives, size, self.probe_k(size))
 
     def new_probe_aggregator(self, size: int) -> ProbeMean:
         return ProbeMean(self.num_objectives, size)

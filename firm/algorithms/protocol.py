@@ -71,7 +71,8 @@ class Algorithm(Protocol):
 class TwoRoundTrips(Protocol):
     """An algorithm whose clients first probe and whose server plans before the local steps (FedCMOO).
 
-    The engine calls `client_probe` on every sampled client, adds the decoded payloads to
+    The engine calls `client_probe` on every sampled client, screens each probe with
+    `check_probe(uploads, d)` (firm.robust.screen_probes), adds the decoded payloads that pass to
     `new_probe_aggregator(d)`, broadcasts `server_plan(probes)` (named tensors), and passes the
     decoded plan to `client_update(..., plan=plan)`.
     """
@@ -79,6 +80,8 @@ class TwoRoundTrips(Protocol):
     def client_probe(
         self, params: dict[str, torch.nn.Parameter], sample_problem: Callable[[int], LocalProblem], client_state: dict[str, Any]
     ) -> ClientUpdate: ...
+
+    def check_probe(self, uploads: Sequence[Adapter], size: int) -> str | None: ...
 
     def new_probe_aggregator(self, size: int) -> Aggregator: ...
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import torch
-
 from firm.algorithms import Algorithm
 from firm.algorithms.protocol import Aggregator, ClientUpdate, TwoRoundTrips
 from firm.client import problem_sampler, sample_clients
@@ -28,7 +26,7 @@ from firm.data import Prompt, PromptFileError
 from firm.local_step import LocalProblem, Timer
 from firm.objectives import Objective, ObjectiveError
 from firm.policy import Policy
-from firm.robust import Candidate, SpilledUpdates, check_enough, screen
+from firm.robust import Candidate, SpilledUpdates, check_enough, screen, screen_probes
 
 USER_ERRORS = (ObjectiveError, PromptFileError, KeyboardInterrupt)
 """Errors of the user's input or the user's wish: they stop the run instead of dropping a client."""
@@ -132,8 +130,9 @@ class InProcessEngine:
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
         """One round; the updates it holds for the norm screen are removed when it ends, also on error."""
         expected = expected_uploads(self.algorithm, self.config)
-        with SpilledUpdates(global_adapter, expected, self.config.aggregation.max_norm_ratio) as candidates:
-            return self._round(round_idx, global_adapter, candidates, on_client_done)
+        samples = expected_samples(self.config, "train")
+        with SpilledUpdates(global_adapter, expected, self.config.aggregation.max_norm_ratio, expected_samples=samples) as held:
+            return self._round(round_idx, global_adapter, held, on_client_done)
 
     def _round(self, round_idx: int, global_adapter: Adapter, candidates: SpilledUpdates, on_client_done: Any) -> RoundOutcome:
         fed = self.config.federation
@@ -166,11 +165,11 @@ class InProcessEngine:
                     payloads = [encode(upload) for upload in probe.uploads]
                     upload_bytes += sum(len(p) for p in payloads)
                 probe_candidates.append(Candidate(client_id, [decode(p) for p in payloads], float(probe.num_samples)))
-            for c in probe_candidates:  # probes are not adapter-shaped: check finiteness only
-                if not all(bool(torch.isfinite(t).all()) for u in c.uploads for t in u.values()):
-                    dropped[c.client_id] = "rejected: probe has NaN or Inf values"
-                else:
-                    probes.add(c.uploads, c.weight)
+            check = partial(self.algorithm.check_probe, size=sum(t.numel() for t in global_adapter.values()))
+            passed, rejected = screen_probes(probe_candidates, check, expected_samples(self.config, "probe"), max_ratio)
+            dropped.update(rejected)
+            for c in passed:
+                probes.add(c.uploads, c.weight)
             check_enough(self.config, round_idx, "probe", client_ids, dropped)
             with timer.phase("solve"):
                 plan = self.algorithm.server_plan(probes)
@@ -213,7 +212,7 @@ class InProcessEngine:
                 with timer.phase("aggregation"):
                     candidates.add(candidate)
             else:  # stream: memory O(d) whatever the number of clients
-                passed, rejected = screen([candidate], global_adapter, expected, 0.0)
+                passed, rejected = screen([candidate], global_adapter, expected, 0.0, candidates.expected_samples)
                 dropped.update(rejected)
                 for c in passed:
                     with timer.phase("aggregation"):
@@ -255,6 +254,18 @@ class InProcessEngine:
 def expected_uploads(algorithm: Algorithm, config: Config) -> int:
     """Payloads per client update: one adapter, or one per objective (fmgda)."""
     return config.num_objectives if algorithm.name == "fmgda" else 1
+
+
+def expected_samples(config: Config, stage: str) -> float:
+    """The sample count the server asked a client for, which is its aggregation weight.
+
+    `train`: K local steps x B prompts x G completions (FMGDA reports the mean over its M runs,
+    the same K x B x G); `probe` (FedCMOO's first trip): one rollout batch, B x G. A client's own
+    count is not trusted: one that disagrees is rejected (firm.robust.rejection).
+    """
+    ro = config.rollout
+    batch = ro.prompts_per_step * ro.samples_per_prompt
+    return float(batch if stage == "probe" else config.algorithm.local_steps * batch)
 
 
 def close_round(

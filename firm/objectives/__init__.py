@@ -13,7 +13,10 @@ what you do not need):
 - `ref_logprobs`: list[list[float]], the reference model's log-prob of each completion token
   (needed by `coherence`);
 - `reference`: list[str | None], a reference answer per completion where the data has one
-  (used by `helpfulness`).
+  (used by `helpfulness`);
+- `device`: torch.device, the device of the run's policy (`model.device`). Objectives that run a
+  model of their own put it there (the built-in ones default to the CPU when called without it),
+  so `model.device=cpu` keeps every scorer off a GPU that happens to exist.
 
 No base class: a plain function is an objective. `REGISTRY` (a plain dict) maps the built-in
 names; `hf:<model id or path>` is a Hugging Face sequence-classification reward model
@@ -87,16 +90,18 @@ def score(
     objectives: Sequence[tuple[str, Objective]],
     prompts: list[str],
     completions: list[str],
+    *,
+    device: torch.device,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Score every completion with every objective.
+    """Score every completion with every objective; `device` (the policy's) and `kwargs` are passed to each.
 
     Returns:
         rewards  # [S, M] float32, S = len(completions), column m = objective m
     """
     columns = []
     for name, fn in objectives:
-        values = list(fn(prompts, completions, **kwargs))
+        values = list(fn(prompts, completions, device=device, **kwargs))
         if len(values) != len(completions):
             raise ObjectiveError(f"objective {name!r} returned {len(values)} rewards for {len(completions)} completions")
         try:

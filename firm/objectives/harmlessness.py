@@ -184,17 +184,16 @@ def load_weights(model: ToxicBiLSTM, h5_path: Path) -> None:
 
 
 @functools.cache
-def _load() -> tuple[KerasTokenizerState, ToxicBiLSTM, torch.device]:
+def _load(device: torch.device) -> tuple[KerasTokenizerState, ToxicBiLSTM, torch.device]:
     folder = package_dir() / "model"
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = ToxicBiLSTM()
     load_weights(model, folder / "model.weights.h5")
     return load_tokenizer(folder / "tokenizer.pickle"), model.to(device).eval(), device
 
 
-def toxicity(texts: list[str]) -> np.ndarray:
-    """Label probabilities of each text.  -> [N, 6] float32, columns as LABELS"""
-    tokenizer, model, device = _load()
+def toxicity(texts: list[str], device: torch.device | str = "cpu") -> np.ndarray:
+    """Label probabilities of each text, with the model on `device`.  -> [N, 6] float32, columns as LABELS"""
+    tokenizer, model, device = _load(torch.device(device))
     ids = pad_sequences(texts_to_sequences(tokenizer, texts))  # [N, MAXLEN]
     chunks = [np.zeros((0, len(LABELS)), dtype=np.float32)]
     with torch.inference_mode():
@@ -204,7 +203,7 @@ def toxicity(texts: list[str]) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def harmlessness(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-    """1 - max label probability of each completion."""
-    probs = toxicity(completions)  # [S, 6]
+def harmlessness(prompts: list[str], completions: list[str], *, device: torch.device | str = "cpu", **kwargs: Any) -> list[float]:
+    """1 - max label probability of each completion (the model runs on `device`, the run's)."""
+    probs = toxicity(completions, device)  # [S, 6]
     return (1.0 - probs.max(axis=1, initial=0.0)).tolist()

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from firm.objectives.minilm import embed
 
 
-def helpfulness(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-    """(cos + 1) / 2 of prompt and reply, averaged with that of reply and reference where given."""
+def helpfulness(prompts: list[str], completions: list[str], *, device: torch.device | str = "cpu", **kwargs: Any) -> list[float]:
+    """(cos + 1) / 2 of prompt and reply, averaged with that of reply and reference where given (MiniLM on `device`)."""
     references: list[str | None] = list(kwargs.get("reference") or [None] * len(completions))
     if len(references) != len(completions):
         raise ValueError(f"helpfulness: got {len(references)} references for {len(completions)} completions")
     # The G samples of a prompt repeat it: embed each distinct text once.
     texts = sorted({*prompts, *completions, *(r for r in references if r and r.strip())})
     row = {text: i for i, text in enumerate(texts)}
-    vectors = embed(texts)  # [U, 384], unit norm
+    vectors = embed(texts, device)  # [U, 384], unit norm
 
     def similarity(a: str, b: str) -> float:
         return (float(vectors[row[a]] @ vectors[row[b]]) + 1.0) / 2.0

@@ -5,7 +5,7 @@
 objective that loads `AutoTokenizer` and `AutoModelForSequenceClassification` with plain
 `from_pretrained` on first use (once per process and name; a hub id needs hub access or a filled
 local HF cache), then scores each (prompt, completion) as a text pair, in batches of 32, truncated
-to the model's maximum length (longest-first), on cuda if available else cpu:
+to the model's maximum length (longest-first), on the run's device (the `device` firm passes):
 
 - `num_labels == 1`: reward = the raw logit (the usual scalar reward-model head; unbounded);
 - `num_labels > 1`: reward = softmax probability of the last label (by convention the
@@ -30,10 +30,9 @@ BATCH_SIZE = 32
 
 
 @functools.cache
-def _load(name: str) -> tuple[Any, Any, torch.device, int]:
+def _load(name: str, device: torch.device) -> tuple[Any, Any, torch.device, int]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch.float32)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -45,9 +44,9 @@ def _load(name: str) -> tuple[Any, Any, torch.device, int]:
     return tokenizer, model.to(device).eval(), device, int(min(limits))
 
 
-def score_pairs(name: str, prompts: list[str], completions: list[str]) -> list[float]:
-    """Reward of each (prompt, completion) pair under the classifier `name`."""
-    tokenizer, model, device, max_length = _load(name)
+def score_pairs(name: str, prompts: list[str], completions: list[str], device: torch.device | str = "cpu") -> list[float]:
+    """Reward of each (prompt, completion) pair under the classifier `name`, run on `device`."""
+    tokenizer, model, device, max_length = _load(name, torch.device(device))
     rewards: list[float] = []
     with torch.inference_mode():
         for start in range(0, len(completions), BATCH_SIZE):
@@ -69,8 +68,8 @@ def score_pairs(name: str, prompts: list[str], completions: list[str]) -> list[f
 def hf_reward(name: str) -> Objective:
     """The objective `hf:<name>`; the model loads on its first call."""
 
-    def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        return score_pairs(name, prompts, completions)
+    def reward(prompts: list[str], completions: list[str], *, device: torch.device | str = "cpu", **kwargs: Any) -> list[float]:
+        return score_pairs(name, prompts, completions, device)
 
     reward.__name__ = reward.__qualname__ = f"hf:{name}"
     reward.__doc__ = f"Sequence-classification reward of (prompt, completion) under {name}."

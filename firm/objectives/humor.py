@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from firm.cache import cache_dir
 from firm.objectives.minilm import embed
@@ -99,9 +100,9 @@ def _classifier() -> tuple[np.ndarray, float]:
     return coef, intercept
 
 
-def humor(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-    """Predicted probability that each completion is a joke."""
+def humor(prompts: list[str], completions: list[str], *, device: torch.device | str = "cpu", **kwargs: Any) -> list[float]:
+    """Predicted probability that each completion is a joke (embedded on `device`; the fit itself runs on the CPU)."""
     coef, intercept = _classifier()
-    logits = embed(completions).numpy() @ coef + intercept  # [S]
+    logits = embed(completions, device).numpy() @ coef + intercept  # [S]
     probs = 1.0 / (1.0 + np.exp(-logits))
     return [float(p) if text.strip() else 0.0 for p, text in zip(probs, completions, strict=True)]

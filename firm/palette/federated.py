@@ -1,4 +1,4 @@
-"""Federated palette statistics: clients send sums at the server's lambda, never rewards or prompts.
+"""Federated palette statistics: clients answer with sums and counts at the server's lambda and thresholds, not their samples.
 
 The MAP dual (firm.palette.dual) at a given lambda (and centre: the reference mean, sent along with
 lambda so that the sums are taken around it) needs only sums over the reward samples: total
@@ -9,8 +9,12 @@ so each solver step is one round: the server sends lambda, each client answers w
 only counts: "how many of your samples have reward m <= t?".
 
 What leaves a client per round: 3 + M + M^2 floats (plus one count per quantile bisection step).
-The `shift` is the client's largest lambda^T r_i: one scalar summary at a direction the server
-chose, which the infeasibility certificate uses; the rewards themselves and the prompts stay put.
+That is not a privacy guarantee. The server picks every question, and the answers reveal the
+client's rewards to a server that asks for them: `count_at_most` at thresholds of its choosing
+bisects any reward value, the `shift` is max_i lambda^T r_i along any direction it picks (the
+infeasibility certificate uses it), and a hard tilt's sums are the top sample's whole reward
+vector (docs/palette.md, "What the server learns"; tests/test_palette_math.py, section 10).
+The prompts, the completions and which prompt a reward belongs to stay on the client.
 
 With the statistics merged exactly, the federated solve follows the pooled solve's iterates: the
 two lambdas agree to floating-point rounding (tests/test_palette_math.py and tests/test_palette.py check 1e-6).

@@ -8,7 +8,8 @@ draw from those numbers, so a report can redraw them from the run directory alon
 
 What the region reveals about the samples: its corners are each value's largest and smallest
 sample reward (statistics at lambda = +-e_m), and its frontier is the upper-right edge of the
-convex hull of the samples; no single sample is sent.
+convex hull of the samples: the whole reward vectors of the samples on that edge (the tilted means
+at large lambda), which palette.json stores.
 
 Uses matplotlib's object-oriented API with the Agg canvas, like firm.report.
 """

@@ -2,9 +2,12 @@
 
 - `client_reward_samples`: each client samples completions for its own prompts from the reference
   (the base model, adapter disabled), scores them with the run's objectives and keeps the rewards
-  (`firm.palette.dual.Samples`); only tilt statistics ever leave it (firm.palette.federated).
+  (`firm.palette.dual.Samples`); it answers the server's statistics questions from them
+  (firm.palette.federated says what those answers reveal).
+  `client_samples` is one client's part, which a Flower SuperNode runs on its own
+  (firm.engines.flower.palette).
 - `solve_federated`: the whole "config -> palette solution" step that `firm palette` and
-  `firm train palette.targets=...` share.
+  `firm train palette.targets=...` share in process.
 - `best_of_n`: MAP's decoding-time check of a palette without training. For each held-out prompt,
   n reference samples; keep the one with the largest combined reward sum_m lambda_m r_m
   (best-of-n), or draw one with probability ∝ exp(lambda^T r) (tilted resampling: sampling-
@@ -30,7 +33,7 @@ from firm.palette.federated import Federation
 from firm.policy import Policy
 from firm.policy_gradient import masked_rows
 from firm.rollout import sample, token_logprobs
-from firm.seeding import EVAL, PALETTE, numpy_rng, torch_generator
+from firm.seeding import Stream, numpy_rng, torch_generator
 
 CHUNK_SEQUENCES = 32
 """Sequences sampled and scored per batch (bounds the [S, T, vocab] logits of the reference log-probs)."""
@@ -63,6 +66,7 @@ def reference_rewards(
                     objectives,
                     [chunk[g].text for g in rollout.group],
                     rollout.completions,
+                    device=policy.device,
                     completion_ids=rollout.completion_ids,
                     group=rollout.group,
                     reference=[chunk[g].reference for g in rollout.group],
@@ -79,22 +83,29 @@ def client_reward_samples(
     config: Config,
 ) -> list[Samples]:
     """Each client's reward samples on `palette.prompts_per_client` of its prompts (seeded per client)."""
+    drawn = (client_samples(policy, objectives, shard, client_id, config) for client_id, shard in enumerate(shards))
+    return [samples for samples in drawn if samples is not None]
+
+
+def client_samples(
+    policy: Policy,
+    objectives: Sequence[tuple[str, Objective]],
+    shard: Sequence[Prompt],
+    client_id: int,
+    config: Config,
+) -> Samples | None:
+    """One client's reward samples, seeded by its id (None for an empty shard): in process, or on its Flower SuperNode."""
+    if not shard:
+        return None
     pal, ro, seed = config.palette, config.rollout, config.federation.seed
-    clients = []
-    for client_id, shard in enumerate(shards):
-        if not shard:
-            continue
-        k = len(shard) if pal.prompts_per_client == 0 else min(pal.prompts_per_client, len(shard))
-        picked = numpy_rng(seed, PALETTE, client_id, 0).choice(len(shard), size=k, replace=False)
-        chosen = [shard[int(i)] for i in sorted(picked)]
-        generator = torch_generator(policy.device, seed, PALETTE, client_id, 1)
-        if config.output.progress:
-            print(f"palette: client {client_id}: sampling {k} prompts x {pal.samples_per_prompt}", file=sys.stderr)
-        rewards = reference_rewards(
-            policy, objectives, chosen, pal.samples_per_prompt, ro.max_new_tokens, ro.temperature, generator
-        )
-        clients.append(Samples(rewards))
-    return clients
+    k = len(shard) if pal.prompts_per_client == 0 else min(pal.prompts_per_client, len(shard))
+    picked = numpy_rng(Stream.PALETTE, seed, 0, client_id).choice(len(shard), size=k, replace=False)
+    chosen = [shard[int(i)] for i in sorted(picked)]
+    generator = torch_generator(policy.device, Stream.PALETTE, seed, 1, client_id)
+    if config.output.progress:
+        print(f"palette: client {client_id}: sampling {k} prompts x {pal.samples_per_prompt}", file=sys.stderr)
+    rewards = reference_rewards(policy, objectives, chosen, pal.samples_per_prompt, ro.max_new_tokens, ro.temperature, generator)
+    return Samples(rewards)
 
 
 def solve_federated(
@@ -122,13 +133,14 @@ def solve_federated(
 def palette_record(solution: PaletteSolution, federation: Federation, config: Config) -> dict[str, Any]:
     """palette.json's content: the solution, the preference rule and (M = 2, `palette.region`) the region.
 
-    The region is a plot: if it fails, the record says why and nothing else stops.
+    The region is a plot: if it fails, the record says why and nothing else stops. A solve that cannot
+    afford its rounds (on Flower) says so in the solution's `region_skipped`, and the region is not drawn.
     """
     from firm.palette.plots import feasible_region
 
     record = solution.to_dict()
     record["weights"] = config.palette.weights
-    if len(solution.names) == 2 and config.palette.region:
+    if len(solution.names) == 2 and config.palette.region and "region_skipped" not in record:
         before = federation.rounds
         try:
             record["region"] = feasible_region(federation, solution.names)
@@ -190,9 +202,9 @@ def best_of_n(
     if n < 1:
         raise ValueError(f"best-of-n: n must be >= 1, got {n}")
     ro, seed = config.rollout, config.federation.seed
-    generator = torch_generator(policy.device, seed, EVAL, PALETTE)
+    generator = torch_generator(policy.device, Stream.EVAL, seed, 2)
     rewards = reference_rewards(policy, objectives, prompts, n, ro.max_new_tokens, ro.temperature, generator)  # [B*n, M]
-    best, tilted = select(rewards, np.asarray(lam, dtype=np.float64), n, numpy_rng(seed, EVAL, PALETTE))
+    best, tilted = select(rewards, np.asarray(lam, dtype=np.float64), n, numpy_rng(Stream.EVAL, seed, 3))
     return DecodingResult(
         n=n,
         num_prompts=len(prompts),

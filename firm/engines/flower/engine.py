@@ -9,6 +9,13 @@ in client-id order (the in-process order, so the same seed gives the same adapte
 A sampled client whose node is missing, errs, or does not reply within `engine.round_timeout`
 is dropped from the round and recorded in the row's `dropped`; the round aggregates the rest
 (weights re-normalised by the running mean) unless fewer than `federation.min_clients` replied.
+Probes (FedCMOO's first trip) are screened like updates (`firm.robust.screen_probes`).
+
+The clients' algorithm states stay on their nodes' disks (`firm.engines.flower.node_state`);
+`client_states` holds, per client, only the round of its current version, so the run loop
+checkpoints it and rolls it back on a retry as in process, and each message names the version
+to start from. A SuperNode that restarts comes back under a new node id: every round first asks
+the nodes that connected since the last one which client they hold.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -23,17 +32,19 @@ from flwr.serverapp import Grid
 
 from firm.algorithms import Algorithm
 from firm.algorithms.protocol import TwoRoundTrips
+from firm.checkpoint import ROUND_DIR
 from firm.client import sample_clients
 from firm.codec import Adapter
 from firm.compression import decode_upload
 from firm.config import Config
 from firm.data import FederatedPrompts
+from firm.engines.flower.node_state import STATE_ROUND, run_key
 from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter, record_to_payload
-from firm.engines.inprocess import RoundOutcome, close_round, expected_uploads
+from firm.engines.inprocess import RoundOutcome, close_round, expected_samples, expected_uploads
 from firm.local_step import Timer
 from firm.objectives import Objective
 from firm.policy import Policy
-from firm.robust import Candidate, RoundFailed, SpilledUpdates, check_enough
+from firm.robust import Candidate, RoundFailed, SpilledUpdates, check_enough, screen_probes
 
 
 class FlowerEngine:
@@ -54,23 +65,35 @@ class FlowerEngine:
         self.policy = policy
         self.algorithm = algorithm
         self.config = config
-        self.client_states: dict[int, dict[str, Any]] = {}  # kept on the SuperNodes (context.state), not here
-        self.nodes = self._discover_nodes()
+        if not config.output.name:
+            raise ValueError("the Flower engine needs output.name: it names the clients' states on their nodes")
+        # The clients' states stay on their nodes (firm.engines.flower.node_state); the server keeps, and
+        # checkpoints, only which version is each client's current one: client -> {STATE_ROUND: round}.
+        self.client_states: dict[int, dict[str, Any]] = {}
+        self.run_key = run_key(config)
+        self.state_rounds_after: dict[int, dict[int, int]] = {}  # completed round -> each client's state round then
+        self.keep_from: dict[int, int] = {}  # client -> its oldest state version a resume can name (this round)
+        self.nodes = self.discover_nodes(grid, config)
+        self.asked = set(self.nodes.values())  # node ids asked for their client id
 
     # ----------------------------------------------------------------- node discovery
 
-    def _discover_nodes(self) -> dict[int, int]:
-        """client id -> node id, asking every connected SuperNode; waits up to round_timeout for all N."""
-        n = self.config.federation.num_clients
-        deadline = time.monotonic() + self.config.engine.round_timeout
+    @staticmethod
+    def discover_nodes(grid: Grid, config: Config) -> dict[int, int]:
+        """client id -> node id, asking every connected SuperNode; waits up to round_timeout for all N.
+
+        Also the palette's discovery (firm.engines.flower.palette), before this engine exists.
+        """
+        n = config.federation.num_clients
+        deadline = time.monotonic() + config.engine.round_timeout
         found: dict[int, int] = {}
         asked: set[int] = set()
         while True:
-            new = [node for node in self.grid.get_node_ids() if node not in asked]
+            new = [node for node in grid.get_node_ids() if node not in asked]
             if new:
                 asked.update(new)
                 queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in new]
-                for reply in send_and_receive(self.grid, queries, max(1.0, deadline - time.monotonic())):
+                for reply in send_and_receive(grid, queries, max(1.0, deadline - time.monotonic())):
                     if reply.has_error():
                         _say(f"node {reply.metadata.src_node_id} could not say its client id: {reply.error.reason}")
                         continue
@@ -90,12 +113,63 @@ class FlowerEngine:
         _say(f"{len(found)} of {n} clients connected" + (f"; missing client ids {missing}" if missing else ""))
         return found
 
+    def _refresh_nodes(self) -> None:
+        """Ask the SuperNodes that connected since the last round which client they hold.
+
+        A restarted SuperNode comes back with a new node id: its client moves to the new node and
+        takes part again from this round on (its state is on the node's disk). The nodes of a
+        SuperLink restarted with `--database` keep their ids.
+        """
+        new = [node for node in self.grid.get_node_ids() if node not in self.asked]
+        if not new:
+            return
+        self.asked.update(new)
+        n = self.config.federation.num_clients
+        queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in new]
+        for reply in send_and_receive(self.grid, queries, self.config.engine.round_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                _say(f"node {node} could not say its client id: {reply.error.reason}")
+                continue
+            client_id = int(get_json(reply.content, "firm.client")["client_id"])
+            if not 0 <= client_id < n:
+                _say(f"node {node} holds client id {client_id}, outside 0..{n - 1}: ignored")
+                continue
+            if client_id in self.nodes and self.nodes[client_id] != node:
+                _say(f"client {client_id} is now on node {node} (was {self.nodes[client_id]}): its SuperNode restarted")
+            self.nodes[client_id] = node
+
+    # ----------------------------------------------------------------- client state on the nodes
+
+    def _state_round(self, client_id: int) -> int:
+        """The round after which the client's current state was written on its node (0: no state yet)."""
+        return int(self.client_states.get(client_id, {}).get(STATE_ROUND, 0))
+
+    def _update_keep_from(self, round_idx: int) -> None:
+        """Each client's state rounds as of the run directory's latest checkpoint: what a resume from it names.
+
+        client_states is as of round_idx - 1 here (the run loop rolls a failed attempt back), so it
+        is recorded under that round. A client missing from the result keeps all its versions
+        (0): this server does not know its state round at that checkpoint (or it has none).
+        """
+        self.state_rounds_after[round_idx - 1] = {c: self._state_round(c) for c in self.client_states}
+        root = Path(self.config.output.dir) / self.config.output.name / "checkpoints"
+        saved = [int(m.group(1)) for p in root.glob("round_*") if (m := ROUND_DIR.match(p.name))] if root.is_dir() else []
+        latest = max(saved, default=0)
+        self.keep_from = self.state_rounds_after.get(latest, {})
+        self.state_rounds_after = {r: s for r, s in self.state_rounds_after.items() if r >= latest}
+
     # ----------------------------------------------------------------- one round
 
     def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
         """One round; the updates it holds for the norm screen are removed when it ends, also on error."""
+        self._refresh_nodes()
+        self._update_keep_from(round_idx)
         expected = expected_uploads(self.algorithm, self.config)
-        with SpilledUpdates(global_adapter, expected, self.config.aggregation.max_norm_ratio) as candidates:
+        samples = expected_samples(self.config, "train")
+        with SpilledUpdates(
+            global_adapter, expected, self.config.aggregation.max_norm_ratio, expected_samples=samples
+        ) as candidates:
             return self._round(round_idx, global_adapter, candidates, on_client_done)
 
     def _round(self, round_idx: int, global_adapter: Adapter, candidates: SpilledUpdates, on_client_done: Any) -> RoundOutcome:
@@ -115,10 +189,22 @@ class FlowerEngine:
             live = [c for c in client_ids if c not in dropped]
             replies = self._exchange(round_idx, "probe", live, {"adapter": adapter_record}, timer, dropped)
             download_bytes += adapter_size * len(live)
-            for _client_id, reply in replies:
-                uploads, up_bytes = _uploads(reply.content)
+            probe_candidates: list[Candidate] = []
+            for client_id, reply in replies:
+                try:
+                    uploads, up_bytes = _uploads(reply.content)
+                    num_samples = float(get_json(reply.content, "firm.update")["num_samples"])
+                except (KeyError, ValueError, TypeError) as err:  # a reply that is not a FIRM probe
+                    dropped[client_id] = f"rejected: malformed reply ({type(err).__name__}: {err})"
+                    continue
                 upload_bytes += up_bytes
-                probes.add(uploads, float(get_json(reply.content, "firm.update")["num_samples"]))
+                probe_candidates.append(Candidate(client_id, uploads, num_samples))
+            check = partial(self.algorithm.check_probe, size=sum(t.numel() for t in global_adapter.values()))
+            max_ratio = self.config.aggregation.max_norm_ratio
+            passed, rejected = screen_probes(probe_candidates, check, expected_samples(self.config, "probe"), max_ratio)
+            dropped.update(rejected)
+            for c in passed:
+                probes.add(c.uploads, c.weight)
             check_enough(self.config, round_idx, "probe", client_ids, dropped)
             with timer.phase("solve"):
                 plan = self.algorithm.server_plan(probes)
@@ -133,6 +219,7 @@ class FlowerEngine:
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
         for client_id, reply in replies:
+            self.client_states[client_id] = {STATE_ROUND: round_idx}  # its node wrote its state of this round
             try:
                 with timer.phase("communication"):
                     uploads, up_bytes = _uploads(reply.content, self.config.compression.kind != "none", global_adapter)
@@ -195,9 +282,23 @@ class FlowerEngine:
     ) -> list[tuple[int, Message]]:
         """Send one `train` message per client and collect the good replies in client-id order."""
         messages: list[Message] = []
+        # The preference the clients step with is the server's: a palette solve sets it after the run-config was sent.
+        pref = self.config.objectives.preference
+        preference = {"preference": [float(v) for v in pref]} if pref else {}
         for client_id in client_ids:
             records = RecordDict(dict(content))
-            records["firm.round"] = ConfigRecord({"round": round_idx, "client_id": client_id, "stage": stage})
+            records["firm.round"] = ConfigRecord(
+                {
+                    "round": round_idx,
+                    "client_id": client_id,
+                    "stage": stage,
+                    **preference,
+                    # which version of its state the node starts from, and which it may delete (node_state.py)
+                    "run_key": self.run_key,
+                    "state_round": self._state_round(client_id),
+                    "keep_from": self.keep_from.get(client_id, 0),
+                }
+            )
             messages.append(
                 Message(records, dst_node_id=self.nodes[client_id], message_type=MessageType.TRAIN, group_id=str(round_idx))
             )

@@ -3,13 +3,18 @@
 `up` starts, each in its own process group, with its own FLWR_HOME and log file under the
 state directory:
 - `flower-superlink` on `engine.superlink` (one HTTP(S) port for SuperNodes, ServerApps and `flwr run`);
+  with `database=True` it keeps its state in `<state>/superlink/state.db`, so that it can be
+  restarted (`start_again`) while the SuperNodes stay up (in memory, the default, rounds are
+  faster: docs/deployment.md, "Resume on Flower");
 - N `flower-supernode`s with node config `client-id=i` (and `prompt-file=...` if given), each
   with `--isolation process` and a `firm flower worker` beside it (the warm ClientApp process
   that keeps the model loaded), or with Flower's own per-message executor (`warm=False`).
 It records every pid in `<state>/processes.json`; `down` stops exactly those processes (and
 their process groups: the ServerApp and ClientApp processes Flower started), SIGTERM then SIGKILL.
 With `tls=DIR` (from scripts/make_test_certs.py) the SuperLink serves HTTPS with DIR's server
-certificate and requires SuperNode authentication; each node signs with its own key.
+certificate and requires SuperNode authentication; each node signs with its own key. Without it,
+the SuperLink serves plaintext to anyone who reaches it, so `up` refuses a `superlink` address
+that is not loopback unless `insecure_non_loopback` (the TLS rule of docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -26,11 +31,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from firm.config import is_loopback_address
+
 PROCESSES = "processes.json"
 
 
 class ClusterError(RuntimeError):
     """The local SuperLink or SuperNodes could not be started or found."""
+
+
+class PlaintextRefused(ClusterError):
+    """A plaintext SuperLink was asked for on an address that other machines can reach."""
 
 
 @dataclass
@@ -39,6 +50,7 @@ class Process:
     pid: int
     cmd: list[str]
     log: str
+    home: str = ""  # its FLWR_HOME (for `start_again`)
 
 
 @dataclass
@@ -88,7 +100,7 @@ def _start(cluster: Cluster, role: str, cmd: list[str], home: Path) -> Process:
     log = cluster.state_dir / f"{role}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=flower_env(home), start_new_session=True)
-    entry = Process(role, proc.pid, cmd, str(log))
+    entry = Process(role, proc.pid, cmd, str(log), str(home))
     cluster.processes.append(entry)
     _save(cluster)
     return entry
@@ -129,10 +141,18 @@ def up(
     *,
     warm: bool = True,
     tls: str | Path | None = None,
+    insecure_non_loopback: bool = False,
     prompt_files: Sequence[str] = (),
     timeout: float = 60.0,
+    database: bool = False,
 ) -> Cluster:
     """Start a SuperLink and `nodes` SuperNodes (client ids 0..nodes-1) on this machine; see the module docstring."""
+    if tls is None and not insecure_non_loopback and not is_loopback_address(superlink):
+        raise PlaintextRefused(
+            f"--superlink {superlink}: without TLS a SuperLink that is not on loopback serves unauthenticated "
+            "plaintext to anyone who reaches it; give --tls CERT_DIR (or --insecure-non-loopback if TLS is "
+            "terminated outside Flower)"
+        )
     state = Path(state_dir).absolute()
     if (state / PROCESSES).exists() and any(_alive(p.pid) for p in load(state).processes):
         raise ClusterError(f"{state} already has running processes; run `firm flower down --dir {state}` first")
@@ -140,6 +160,11 @@ def up(
     cluster = Cluster(state, superlink)
     host, _, port = superlink.rpartition(":")
     link_cmd = [console_script("flower-superlink"), "--host", host, "--port", port, "--disable-runtime-dependency-installation"]
+    if database:  # runs and node registrations in a file: the SuperLink can restart under live SuperNodes
+        db = state / "superlink" / "state.db"
+        for old in db.parent.glob(db.name + "*"):  # a new `up` starts from an empty one
+            old.unlink()
+        link_cmd += ["--database", str(db)]
     node_tls: list[str] = ["--insecure"]
     if tls is not None:
         certs = Path(tls).absolute()
@@ -187,6 +212,26 @@ def up(
         down(state)
         raise
     return cluster
+
+
+def start_again(cluster: Cluster, role: str, timeout: float = 60.0) -> Process:
+    """Start the stopped or crashed process `role` again, with its recorded command, FLWR_HOME and log.
+
+    The SuperLink comes back with its database (runs, and SuperNodes with their node ids) if `up`
+    had `database=True`, else knowing no SuperNode; a SuperNode comes back under a new node id,
+    which the Flower engine picks up at its next round.
+    Waits until the SuperLink or SuperNode listens again.
+    """
+    old = next(p for p in cluster.processes if p.role == role)
+    if _alive(old.pid) and _is_ours(old):
+        raise ClusterError(f"{role} (pid {old.pid}) is still running; stop it first")
+    cluster.processes.remove(old)
+    new = _start(cluster, role, old.cmd, Path(old.home))
+    if role == "superlink":
+        wait_for_port(cluster.superlink, timeout, new)
+    elif "--port" in old.cmd:  # a SuperNode: its Runtime API, where its worker connects
+        wait_for_port(f"127.0.0.1:{old.cmd[old.cmd.index('--port') + 1]}", timeout, new)
+    return new
 
 
 def register_nodes(cluster: Cluster, public_keys: Sequence[Path]) -> None:

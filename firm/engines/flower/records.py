@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,10 @@ from firm.codec import Adapter
 from firm.config import Config, ConfigError, config_from_dict, config_to_dict
 
 RunConfig = dict[str, bool | int | float | str]
+
+RESUME_FROM = "firm.resume_from"
+"""Run-config key beside the config's: the run directory (on the SuperLink's host) that the ServerApp
+continues from its latest checkpoint (`firm train --resume`); absent for a new run."""
 
 
 def config_to_run_config(config: Config) -> RunConfig:
@@ -42,6 +47,8 @@ def run_config_to_config(run_config: Mapping[str, Any]) -> Config:
     hints = typing.get_type_hints(Config)
     nested: dict[str, dict[str, Any]] = {}
     for dotted, value in run_config.items():
+        if dotted == RESUME_FROM:  # an instruction to the ServerApp, not a config field
+            continue
         section, _, key = dotted.partition(".")
         if section not in hints or not key:
             raise ConfigError(f"run-config: unknown key {dotted!r}")
@@ -53,6 +60,12 @@ def run_config_to_config(run_config: Mapping[str, Any]) -> Config:
                 raise ConfigError(f"run-config: {dotted}: expected a JSON list, got {value!r} ({err})") from None
         nested.setdefault(section, {})[key] = value
     return config_from_dict(nested)
+
+
+def resume_dir(run_config: Mapping[str, Any]) -> Path | None:
+    """The run directory a submitted run resumes (`RESUME_FROM`), or None for a new run."""
+    value = run_config.get(RESUME_FROM)
+    return Path(str(value)) if value else None
 
 
 def adapter_to_record(adapter: Adapter) -> ArrayRecord:
@@ -97,20 +110,3 @@ def get_json(records: RecordDict, name: str, default: Any = None) -> Any:
     record = records[name]
     assert isinstance(record, ConfigRecord)
     return json.loads(str(record["json"]))
-
-
-def state_to_records(state: Mapping[str, Any], records: RecordDict, prefix: str) -> None:
-    """Per-client algorithm state into a node's context state: tensors as an ArrayRecord, the rest as JSON."""
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    records[f"{prefix}.tensors"] = adapter_to_record(tensors)
-    put_json(records, f"{prefix}.values", {k: v for k, v in state.items() if k not in tensors})
-
-
-def records_to_state(records: RecordDict, prefix: str) -> dict[str, Any]:
-    """Inverse of `state_to_records`; empty when the node has no state for this run yet."""
-    state: dict[str, Any] = dict(get_json(records, f"{prefix}.values", {}))
-    if f"{prefix}.tensors" in records:
-        tensors = records[f"{prefix}.tensors"]
-        assert isinstance(tensors, ArrayRecord)
-        state.update(record_to_adapter(tensors))
-    return state

@@ -5,7 +5,9 @@ components are FIRM's ServerApp and ClientApp (`firm.engines.flower.apps`, insta
 SuperLink host and on every site) and whose `[tool.flwr.app.config]` is the whole FIRM config
 (`config_to_run_config`). The SuperLink connection (`engine.superlink`, TLS from
 `engine.root_certificates`) goes into the `config.toml` of a Flower home directory
-(`engine.flwr_home`, else a temporary one), so the user's own ~/.flwr is never touched.
+(`engine.flwr_home`, else a temporary one), so the user's own ~/.flwr is never touched. Without
+TLS the connection must stay on loopback (`firm.config.check_engine_transport`, the TLS rule of
+docs/deployment.md), unless `engine.insecure_non_loopback` says the path is encrypted elsewhere.
 
 The ServerApp writes the run directory on the SuperLink's host: `output.dir` is made absolute
 here, and the run is named here, so that on loopback `firm train` can read the result back.
@@ -25,9 +27,9 @@ from pathlib import Path
 import tomli_w
 
 from firm import __version__
-from firm.config import Config
+from firm.config import Config, check_engine_transport
 from firm.engines.flower.local import console_script, flower_env
-from firm.engines.flower.records import config_to_run_config
+from firm.engines.flower.records import RESUME_FROM, config_to_run_config
 
 CONNECTION = "firm"
 
@@ -36,8 +38,11 @@ class FlowerRunError(RuntimeError):
     """The Flower run could not be submitted or did not complete."""
 
 
-def app_pyproject(config: Config) -> str:
-    """The pyproject.toml of the Flower App that runs `config`."""
+def app_pyproject(config: Config, resume_from: Path | None = None) -> str:
+    """The pyproject.toml of the Flower App that runs `config` (or continues the run directory `resume_from`)."""
+    run_config = config_to_run_config(config)
+    if resume_from is not None:
+        run_config[RESUME_FROM] = str(resume_from.absolute())
     project = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
@@ -55,7 +60,7 @@ def app_pyproject(config: Config) -> str:
                         "serverapp": "firm.engines.flower.apps:server_app",
                         "clientapp": "firm.engines.flower.apps:client_app",
                     },
-                    "config": config_to_run_config(config),
+                    "config": run_config,
                 }
             }
         },
@@ -90,24 +95,28 @@ def prepare(config: Config) -> Config:
     return dataclasses.replace(config, output=dataclasses.replace(output, dir=str(Path(output.dir).absolute()), name=name))
 
 
-def submit(config: Config, *, quiet: bool = False) -> Path:
+def submit(config: Config, *, quiet: bool = False, resume_from: Path | None = None) -> Path:
     """Run `config` on the SuperLink at `config.engine.superlink`; returns the run directory once it completed.
 
     The directory is on the SuperLink's host; when that is another machine it does not exist here.
+    `resume_from`: continue that run directory from its latest checkpoint instead (`firm train --resume`):
+    a new Flower run whose ServerApp resumes it; the clients' states are on their nodes (docs/deployment.md).
     """
+    check_engine_transport(config.engine)  # also for a Config built in code, which `validate` never saw
     config = prepare(config)
-    run_dir = Path(config.output.dir) / config.output.name
+    run_dir = resume_from or Path(config.output.dir) / config.output.name
+    summary_path = run_dir / "summary.json"
+    before = _stamp(summary_path)  # a resumed run's directory has the summary of its last session
     eng = config.engine
     with tempfile.TemporaryDirectory(prefix="firm-flower-app-") as app:
-        (Path(app) / "pyproject.toml").write_text(app_pyproject(config))
+        (Path(app) / "pyproject.toml").write_text(app_pyproject(config, resume_from))
         with flwr_home_for(eng.superlink, eng.root_certificates, eng.flwr_home or None) as home:
             cmd = [console_script("flwr"), "run", app, CONNECTION, "--stream"]
             out = subprocess.DEVNULL if quiet else None
             env = flower_env(home)
             env.pop("VIRTUAL_ENV", None)
             result = subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+    if _stamp(summary_path) == before:  # no summary written by this run
         if result.returncode == 0:  # a remote SuperLink: the run directory is on its host
             return run_dir
         raise FlowerRunError(
@@ -118,3 +127,11 @@ def submit(config: Config, *, quiet: bool = False) -> Path:
     if summary.get("status") != "completed":
         raise FlowerRunError(f"the Flower run ended with status {summary.get('status')!r}: {summary.get('error', '')}")
     return run_dir
+
+
+def _stamp(path: Path) -> int | None:
+    """The file's modification time in ns, or None if it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,258 @@
+"""The Flower ClientApp's side without a cluster: the warm worker's policy cache, probe screening on both engines.
+
+These call the ClientApp's functions (`runtime`) and the engines' screening directly, with crafted
+inputs, so each check is fast and fails on exactly the defect it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from firm.algorithms.protocol import ClientUpdate
+from firm.config import Config
+from firm.engines.flower import apps
+from firm.engines.flower.engine import FlowerEngine
+from firm.engines.flower.records import adapter_to_record, config_to_run_config, record_to_adapter
+from firm.policy import Policy, build_policy
+from firm.train import RunResult, run
+from tests.conftest import tiny_config
+from tests.test_reliability import engine_with
+
+
+@pytest.fixture(autouse=True)
+def _in_a_flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's messages take their run id from the process's task identity, set by Flower in a real ServerApp."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(apps, "_RUNTIME", None)
+
+
+def _context(client_id: int = 0, config: Config | None = None, state_dir: Path | None = None) -> Context:
+    run_config = config_to_run_config(config) if config is not None else {}
+    node_config: dict[str, Any] = {"client-id": client_id, **({"state-dir": str(state_dir)} if state_dir else {})}
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)  # type: ignore[arg-type]
+
+
+def _base_weights(policy: Policy) -> dict[str, torch.Tensor]:
+    """The frozen base model's tensors (everything but the LoRA adapter)."""
+    return {n: p.detach() for n, p in policy.model.named_parameters() if not p.requires_grad}
+
+
+# --------------------------------------------------------------------------- the warm worker's policy cache
+
+
+def test_warm_worker_builds_a_new_policy_when_the_seed_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model's base weights come from federation.seed: two runs with different seeds in one
+    worker process must each get the weights of their own seed, not the first run's."""
+    first = apps.runtime(tiny_config(tmp_path, "federation.seed=0"), _context())
+    second = apps.runtime(tiny_config(tmp_path, "federation.seed=1"), _context())
+    config = tiny_config(tmp_path, "federation.seed=1")
+    fresh = _base_weights(build_policy(config.model, config.lora, config.federation.seed))
+    got = _base_weights(second.policy)
+    assert list(got) == list(fresh)
+    assert all(torch.equal(got[n], fresh[n]) for n in fresh), "the worker kept the seed-0 base model for a seed-1 run"
+    assert not all(torch.equal(a, b) for a, b in zip(_base_weights(first.policy).values(), got.values(), strict=True))
+    again = apps.runtime(tiny_config(tmp_path, "federation.seed=1", "federation.rounds=5"), _context())
+    assert again.policy is second.policy  # same model, LoRA and seed: the loaded policy is kept
+
+
+# --------------------------------------------------------------------------- an in-process Grid
+
+
+Tamper = Callable[["LoopbackGrid", int, int, str, Message], Message | None]
+"""(grid, client id, round, stage, reply) -> the reply the server receives, or None for none
+(the node died before replying): fault injection on the wire and on the nodes."""
+
+
+class LoopbackGrid:
+    """A Flower Grid whose SuperNodes are this process's ClientApp functions, one Context per node.
+
+    `push_messages` answers each message at once with the real ClientApp (`client_query` /
+    `client_train`), so `firm.train.run` with the real `FlowerEngine` runs a whole Flower run in
+    seconds; `tamper` changes replies on the way back. A message to a node id that is gone gets
+    no reply, as on a SuperLink. `restart` gives a client a new node id and a fresh Context (an
+    empty `context.state`): what a SuperNode restart does; its disk (`state-dir`) stays.
+    """
+
+    def __init__(self, config: Config, tamper: Tamper | None = None) -> None:
+        self.config = config
+        self.contexts = {100 + c: self.node_context(c) for c in range(config.federation.num_clients)}  # node id -> context
+        self.tamper = tamper
+        self.replies: dict[str, Message] = {}
+        self.sent = 0
+
+    def node_context(self, client_id: int) -> Context:
+        """A node's context as a SuperNode starts it: a fresh `context.state`; its disk is `output.dir/nodes/<id>`."""
+        return _context(client_id, self.config, Path(self.config.output.dir) / "nodes" / str(client_id))
+
+    def restart(self, client_id: int) -> None:
+        """The client's SuperNode goes away and comes back under a new node id, with a fresh context."""
+        (old,) = [node for node, ctx in self.contexts.items() if ctx.node_config["client-id"] == client_id]
+        del self.contexts[old]
+        self.contexts[max(self.contexts, default=0) + 100] = self.node_context(client_id)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            self.sent += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self.sent}"
+            ids.append(msg.metadata.message_id)
+            context = self.contexts.get(msg.metadata.dst_node_id)
+            reply: Message | None = None
+            if context is None:  # the node is gone: the message waits for it until it expires
+                continue
+            if msg.metadata.message_type == MessageType.QUERY:
+                reply = apps.client_query(msg, context)
+            else:
+                reply = apps.client_train(msg, context)
+                if self.tamper is not None:
+                    meta = msg.content.config_records["firm.round"]
+                    client_id, round_idx, stage = int(str(meta["client_id"])), int(str(meta["round"])), str(meta["stage"])
+                    reply = self.tamper(self, client_id, round_idx, stage, reply)
+            if reply is not None:
+                self.replies[msg.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+
+def _flower_config(tmp_path: Path, *overrides: str) -> Config:
+    return tiny_config(tmp_path, "engine=flower", "engine.round_timeout=5", *overrides)
+
+
+def _flower_run(config: Config, grid: LoopbackGrid) -> RunResult:
+    return run(config, engine=partial(FlowerEngine, grid))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- 8. probes are screened
+
+
+def _probe(reply: Message) -> dict[str, torch.Tensor]:
+    return record_to_adapter(reply.content.array_records["upload.0"])
+
+
+def _with_probe(reply: Message, probe: dict[str, torch.Tensor]) -> Message:
+    reply.content["upload.0"] = adapter_to_record(probe)
+    return reply
+
+
+def _negative_index(reply: Message) -> Message:
+    probe = _probe(reply)
+    probe["indices_0"] = probe["indices_0"].clone()
+    probe["indices_0"][0] = -1  # would wrap to the last coordinate
+    return _with_probe(reply, probe)
+
+
+def _index_out_of_range(reply: Message) -> Message:
+    probe = _probe(reply)
+    probe["indices_1"] = probe["indices_1"].clone()
+    probe["indices_1"][-1] = 10**7
+    return _with_probe(reply, probe)
+
+
+def _nan_value(reply: Message) -> Message:
+    probe = _probe(reply)
+    probe["values_0"] = probe["values_0"].clone()
+    probe["values_0"][0] = float("nan")
+    return _with_probe(reply, probe)
+
+
+def _no_update_record(reply: Message) -> Message:
+    del reply.content["firm.update"]
+    return reply
+
+
+def _missing_objective(reply: Message) -> Message:
+    probe = _probe(reply)
+    del probe["values_1"], probe["indices_1"]
+    return _with_probe(reply, probe)
+
+
+PROBE_FAULTS = {  # client id -> what its probe reply carries, and what the reason must name
+    1: (_negative_index, "indices_0 are not strictly increasing"),  # would wrap onto the last coordinate
+    2: (_index_out_of_range, "indices_1 are not strictly increasing"),  # crashed the server's decompression
+    3: (_nan_value, "values_0 has NaN"),  # was averaged into the Gram estimate
+    4: (_no_update_record, "malformed reply"),  # crashed the round
+    5: (_missing_objective, "missing ['indices_1', 'values_1']"),  # crashed the round
+}
+
+FEDCMOO_3 = ["algorithm.name=fedcmoo", "federation.num_clients=3", "federation.clients_per_round=3", "federation.min_clients=2"]
+
+
+def test_bad_flower_probes_drop_their_clients_and_the_round_goes_on(tmp_path: Path) -> None:
+    """Seven clients, five with a broken probe reply (one fault each): the five are dropped with the
+    reason, the two honest ones plan the round and their updates are averaged."""
+
+    def tamper(grid: LoopbackGrid, client_id: int, round_idx: int, stage: str, reply: Message) -> Message:
+        return PROBE_FAULTS[client_id][0](reply) if stage == "probe" and client_id in PROBE_FAULTS else reply
+
+    clients = ["federation.num_clients=7", "federation.clients_per_round=7", "federation.min_clients=2"]
+    config = _flower_config(tmp_path, "algorithm.name=fedcmoo", *clients, "federation.rounds=1", "output.name=run")
+    (row,) = _flower_run(config, LoopbackGrid(config, tamper)).metrics
+    assert sorted(row["dropped"]) == [str(c) for c in PROBE_FAULTS]
+    for client_id, (_, reason) in PROBE_FAULTS.items():
+        why = row["dropped"][str(client_id)]
+        assert why.startswith("rejected: ") and reason in why, (client_id, why)
+    assert sorted(row["weights"]) == ["0", "6"]
+
+
+def test_a_bad_in_process_probe_drops_the_client(tmp_path: Path) -> None:
+    """The in-process probe path screens the same way (before: finiteness only, so a negative index wrapped)."""
+
+    def negative_index(round_idx: int, client_id: int, call: Any) -> ClientUpdate:
+        update = call()
+        if client_id == 1 and getattr(call, "func", None).__name__ == "client_probe":  # type: ignore[union-attr]
+            update.uploads[0]["indices_0"][0] = -1
+        return update
+
+    result = run(tiny_config(tmp_path, *FEDCMOO_3, "federation.rounds=1", "output.name=run"), engine=engine_with(negative_index))
+    (row,) = result.metrics
+    assert list(row["dropped"]) == ["1"] and "indices_0" in row["dropped"]["1"], row["dropped"]
+
+
+def test_probe_screen_checks_counts_and_norms_like_updates() -> None:
+    """screen_probes on crafted probes (d = 10, M = 2, k = 3): the layout check, the count, the norm screen."""
+    from firm.algorithms.fedcmoo import check_probe
+    from firm.robust import Candidate, screen_probes
+
+    def probe(scale: float) -> dict[str, torch.Tensor]:
+        idx = torch.tensor([1, 4, 7], dtype=torch.int32)
+        return {
+            "values_0": torch.full((3,), scale),
+            "indices_0": idx,
+            "values_1": torch.full((3,), -scale),
+            "indices_1": idx,
+        }
+
+    def check(uploads: Any) -> str | None:
+        return check_probe(uploads, num_objectives=2, size=10, k=3)
+
+    candidates = [
+        Candidate(0, [probe(1.0)], 8.0),
+        Candidate(1, [probe(1.2)], 8.0),
+        Candidate(2, [probe(0.9)], 8.0),
+        Candidate(3, [probe(50.0)], 8.0),  # norm 50 x sqrt(6) > 10 x the median sqrt(6)
+        Candidate(4, [probe(1.0)], 1e6),  # claims more samples than asked
+        Candidate(5, [{**probe(1.0), "indices_1": torch.tensor([1, 1, 7], dtype=torch.int32)}], 8.0),  # repeated index
+    ]
+    passed, rejected = screen_probes(candidates, check, expected_samples=8.0, max_norm_ratio=10.0)
+    assert [c.client_id for c in passed] == [0, 1, 2]
+    assert sorted(rejected) == [3, 4, 5]
+    assert "norm" in rejected[3] and "reports 1e+06 samples" in rejected[4] and "indices_1" in rejected[5]
+    assert check([probe(1.0), probe(1.0)]) == "rejected: 2 probe payloads, expected 1"
+    assert "shapes (4,)" in str(
+        check([{**probe(1.0), "values_0": torch.ones(4), "indices_0": torch.arange(4, dtype=torch.int32)}])
+    )
