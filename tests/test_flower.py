@@ -266,6 +266,7 @@ def palette_run(
     return submit(_flower_config(tmp_path_factory.mktemp("palette"), cluster, *PALETTE, "output.name=run"), quiet=True)
 
 
+@pytest.mark.slow  # about 10 statistics rounds of ~5 s each on loopback; tests/test_flower_palette.py covers it in memory
 def test_palette_on_flower_matches_in_process(tmp_path: Path, palette_run: Path) -> None:
     """`firm train engine=flower palette.targets=...`: the SuperNodes sample and answer the statistics rounds by
     Message; the server's solve gives the in-process lambda, and the nodes train with its preference."""

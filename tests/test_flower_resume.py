@@ -255,6 +255,7 @@ def restarts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow  # a real loopback cluster killed and restarted: 3-5 min; `make test-slow`
 def test_a_server_crash_then_resume_gives_the_uninterrupted_adapter(restarts: dict[str, Any]) -> None:
     """The ServerApp died with its SuperLink after checkpoint 2 and after the nodes ran round 3;
     `firm train --resume` continues from checkpoint 2, with each client's state of round 2."""
@@ -269,6 +270,7 @@ def test_a_server_crash_then_resume_gives_the_uninterrupted_adapter(restarts: di
     assert _same(_final(run_dir), _final(restarts["uninterrupted"]))
 
 
+@pytest.mark.slow  # a real loopback cluster killed and restarted: 3-5 min; `make test-slow`
 def test_a_restarted_supernode_continues_from_its_disk(restarts: dict[str, Any]) -> None:
     """Client 1's SuperNode came back under a new node id with an empty context.state: the resumed
     run found it, and its error feedback continued from its state directory (the adapter is the same)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import tomli_w
 
 from firm import __version__
-from firm.config import Config, check_engine_transport
+from firm.config import Config, check_engine_transport, is_loopback_address
 from firm.engines.flower.local import console_script, flower_env
 from firm.engines.flower.records import RESUME_FROM, config_to_run_config
 
@@ -117,7 +117,9 @@ def submit(config: Config, *, quiet: bool = False, resume_from: Path | None = No
             env.pop("VIRTUAL_ENV", None)
             result = subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False)
     if _stamp(summary_path) == before:  # no summary written by this run
-        if result.returncode == 0:  # a remote SuperLink: the run directory is on its host
+        # A remote SuperLink writes the run directory on its own host; a loopback one writes it here, so a
+        # missing summary there means the ServerApp failed (flwr run exits 0 even then, e.g. an infeasible palette).
+        if result.returncode == 0 and not is_loopback_address(eng.superlink):
             return run_dir
         raise FlowerRunError(
             f"the Flower run wrote no {summary_path} (flwr run exited with {result.returncode}); "
