@@ -103,9 +103,16 @@ def rejection(candidate: Candidate, reference: Adapter, expected: int, expected_
     reason = check_update(candidate.uploads, reference, expected)
     if reason is None and not (math.isfinite(candidate.weight) and candidate.weight > 0):
         reason = f"rejected: sample count {candidate.weight} is not positive"
-    if reason is None and expected_samples is not None and candidate.weight != expected_samples:
-        reason = f"rejected: reports {candidate.weight:g} samples, but the server asked for {expected_samples:g}"
+    if reason is None and expected_samples is not None:
+        reason = count_rejection(candidate.weight, expected_samples)
     return reason
+
+
+def count_rejection(weight: float, expected_samples: float) -> str | None:
+    """Why a reported sample count (the aggregation weight) is refused: it must be what the server asked for."""
+    if weight != expected_samples:
+        return f"rejected: reports {weight:g} samples, but the server asked for {expected_samples:g}"
+    return None
 
 
 def norm_rejections(norms: dict[int, float], max_norm_ratio: float) -> dict[int, str]:
@@ -168,8 +175,8 @@ def screen_probes(
     passed: list[Candidate] = []
     for c in candidates:
         reason = check(c.uploads)
-        if reason is None and c.weight != expected_samples:
-            reason = f"rejected: reports {c.weight:g} samples, but the server asked for {expected_samples:g}"
+        if reason is None:
+            reason = count_rejection(c.weight, expected_samples)
         if reason is None:
             passed.append(c)
         else:
