@@ -7,6 +7,7 @@ line `firm: error: ...` and exit with status 2 (input) or 1 (during the run); no
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,9 @@ from firm.config import Config, ConfigError, config_to_toml, field_help, load_co
 EPILOG_HEAD = "config keys (override any of them as key=value; lists as [a, b]):\n"
 
 
+@functools.cache
 def _keys_help() -> str:
+    """Every config key with its type, default and meaning: the epilog of each subcommand's --help."""
     lines = [EPILOG_HEAD]
     for key, tname, default, doc in field_help():
         lines.append(f"  {key} ({tname}, default {default})\n      {doc}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import ipaddress
 import itertools
@@ -178,6 +179,8 @@ class OutputConfig:
     """Write a resumable checkpoint every this many rounds (and after the last)."""
     progress: bool = True
     """Show a progress bar over rounds and clients."""
+    report: bool = True
+    """Draw plots/ and write report.html when the run ends (about 3 s on a CPU); `firm report RUN_DIR` writes them any time."""
 
 
 @dataclass(frozen=True)
@@ -726,8 +729,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return config_from_dict(data)
 
 
-def field_help() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, docstring) for every leaf field, read from the attribute docstrings."""
+@functools.cache
+def field_help() -> tuple[tuple[str, str, str, str], ...]:
+    """(dotted key, type, default, docstring) for every leaf field, read from the attribute docstrings.
+
+    Computed once per process: reading the source of every section costs over a second, and the
+    CLI's parser asks for it once per subcommand.
+    """
     rows: list[tuple[str, str, str, str]] = []
     defaults = config_to_dict(Config())
     for section in dataclasses.fields(Config):
@@ -738,7 +746,7 @@ def field_help() -> list[tuple[str, str, str, str]]:
             tp = hints[f.name]
             tname = _type_name(tp).removeprefix("an ").removeprefix("a ")
             rows.append((f"{section.name}.{f.name}", tname, repr(defaults[section.name][f.name]), docs.get(f.name, "")))
-    return rows
+    return tuple(rows)
 
 
 def _attribute_docstrings(cls: type) -> dict[str, str]:

@@ -289,7 +289,7 @@ def run(
             run_dir.write_summary(summary)
         except OSError as err:  # never let a failed summary write hide the error that ended the run
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
-    report = _write_report(run_dir.path)
+    report = _write_report(run_dir.path) if config.output.report else None
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
 
 

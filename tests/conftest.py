@@ -21,10 +21,15 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # flwr/supercore/superexec/run_superexec.py); the loopback tests submit a dozen runs.
 os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
 
+import contextlib
+import dataclasses
+import io
+import traceback
 from pathlib import Path
 
 import pytest
 
+import firm.config
 from firm.config import Config, load_config
 
 
@@ -45,7 +50,55 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
         "eval.num_prompts=4",
         f"output.dir={tmp_path.as_posix()!r}".replace("'", '"'),
         "output.progress=false",
+        # No plots or report.html at the end of each run (about 3 s of a 5 s tiny run): the tests of the
+        # report (tests/test_report.py, the palette's, one Flower run's) set output.report=true.
+        "output.report=false",
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class CliResult:
+    """What `firm_cli` saw: the fields of `subprocess.CompletedProcess` that the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def firm_cli(*args: str) -> CliResult:
+    """`firm <args>` in this process: `firm.cli.main(list(args))` with its stdout and stderr captured.
+
+    A fresh interpreter per CLI call cost ~5 s of importing torch, transformers and peft; this runs
+    the same `main` that `python -m firm` runs (`firm/__main__.py` is `sys.exit(main())`), and
+    `tests/test_end_to_end.py::test_cli_train_subprocess` keeps one real `python -m firm` run.
+    As the interpreter would: a `SystemExit` (argparse's exit 2) gives its code (None -> 0, a
+    message -> printed, 1), and any other uncaught exception prints its traceback to stderr and
+    gives 1, so `"Traceback" not in stderr` still means what it says. Each call starts with an
+    empty `firm.config._WARNED`, as a new process does, so a once-per-process warning is printed
+    even if this process printed it before; the registry is put back afterwards.
+    """
+    from firm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    warned = firm.config._WARNED
+    firm.config._WARNED = set()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                returncode = main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code
+                if code is None or isinstance(code, int):
+                    returncode = code or 0
+                else:
+                    print(code, file=err)
+                    returncode = 1
+            except Exception:
+                err.write(traceback.format_exc())
+                returncode = 1
+    finally:
+        firm.config._WARNED = warned
+    return CliResult(returncode, out.getvalue(), err.getvalue())
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> Config:

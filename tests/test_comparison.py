@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from firm.report import COMPARISON_PLOTS, _hv_by_round, comparison_table, load_sweep, write_comparison
 from firm.sweep import sweep
-from tests.conftest import tiny_config
+from tests.conftest import firm_cli, tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALGORITHMS = ["firm", "fedavg", "fmgda"]
@@ -157,29 +155,25 @@ def test_hypervolume_per_round_uses_one_normalisation(sweep_dir: Path, tmp_path:
 
 
 def test_compare_cli(sweep_dir: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "firm", "compare", str(sweep_dir)], capture_output=True, text=True, timeout=300, check=False
-    )
+    proc = firm_cli("compare", str(sweep_dir))
     assert proc.returncode == 0, proc.stderr
     assert f"comparison: {sweep_dir / 'comparison.html'}" in proc.stdout
     assert all(f"\n{a} " in proc.stdout for a in ALGORITHMS) and "hypervolume" in proc.stdout
     for bad in (tmp_path, sweep_dir / "firm-p00", tmp_path / "nope"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "firm", "compare", str(bad)], capture_output=True, text=True, timeout=300, check=False
-        )
+        proc = firm_cli("compare", str(bad))
         assert proc.returncode == 2 and proc.stderr.startswith("firm: error: ") and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_compare_runs_the_algorithms_then_writes_the_comparison(tmp_path: Path) -> None:
     args = [
-        sys.executable, "-m", "firm", "compare", "--algorithms", "firm,fmgda", "--divisions", "1",
+        "compare", "--algorithms", "firm,fmgda", "--divisions", "1",
         "model.name=tiny", 'objectives.names=["positiveness", "conciseness"]', 'data.sources=["builtin"]',
         "data.partition=iid", "data.provocative_ratios=[]", "federation.num_clients=2", "federation.clients_per_round=1",
         "federation.rounds=1", "algorithm.local_steps=1", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
         "rollout.max_new_tokens=4", "eval.num_prompts=2", f'output.dir="{tmp_path.as_posix()}"', "output.name=cmp",
     ]  # fmt: skip
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    proc = firm_cli(*args)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cmp" / "sweep.json").is_file() and (tmp_path / "cmp" / "comparison.html").is_file()
     assert "comparison:" in proc.stdout and "fmgda" in proc.stdout

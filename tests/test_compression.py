@@ -26,9 +26,6 @@ from firm.compression import (
     topk_count,
 )
 from firm.config import CompressionConfig, ConfigError, config_to_toml, field_help, load_config
-from firm.engines.flower import local
-from firm.engines.flower.records import payload_bytes, payload_to_record
-from firm.engines.flower.submit import submit
 from firm.train import RunResult, run
 from tests.conftest import tiny_config
 
@@ -297,31 +294,6 @@ def test_the_residual_is_client_state_checkpointed_and_resumed(runs: dict[str, R
     state_file.write_text(json.dumps(state))
     forgot = run(load_config(full.run_dir / "config.toml"), resume_from=lost, reuse_model=True)
     assert any(not torch.equal(t, forgot.final_adapter[n]) for n, t in full.final_adapter.items())
-
-
-def test_flower_run_with_int8_matches_in_process(runs: dict[str, RunResult], tmp_path: Path, tiny_policy: Any) -> None:
-    """One loopback Flower run (SuperLink + 2 SuperNodes): the same adapter, and the compressed bytes as Flower sends them."""
-    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}") as c:
-        config = tiny_config(
-            tmp_path / "flower",
-            "engine=flower",
-            f'engine.superlink="{c.superlink}"',
-            "engine.round_timeout=60",
-            "compression.kind=int8",
-            "output.name=run",
-        )
-        flower_dir = submit(config, quiet=True)
-    ours = safetensors.torch.load_file(str(flower_dir / "final_adapter" / "adapter_model.safetensors"))
-    theirs = _final_adapter(runs["int8"])
-    assert list(ours) == list(theirs)
-    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-6
-    shapes = {name: tuple(t.shape) for name, t in tiny_policy.get_adapter().items()}
-    per_upload = payload_bytes(payload_to_record(compress(random_adapter(shapes, seed=7), INT8)))
-    rows = [json.loads(line) for line in (flower_dir / "metrics.jsonl").read_text().splitlines()]
-    for row, inproc in zip(rows, runs["int8"].metrics, strict=True):
-        assert row["dropped"] == {}
-        assert row["comm"]["upload_bytes"] == per_upload * len(row["clients"])
-        assert row["eval"] == pytest.approx(inproc["eval"], abs=1e-6)
 
 
 def test_fmgda_compresses_each_of_its_m_payloads_with_its_own_residual(tmp_path: Path, tiny_policy: Any) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from firm.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml, load_config
+from tests.conftest import firm_cli
 
 
 def test_defaults_are_valid() -> None:
@@ -101,9 +100,7 @@ def test_bad_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("overrides", "message"), [BAD_INPUT[0], BAD_INPUT[2], BAD_INPUT[8], BAD_INPUT[11]])
 def test_cli_config_errors_exit_nonzero_without_traceback(overrides: list[str], message: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "firm", "config", *overrides], capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = firm_cli("config", *overrides)
     assert proc.returncode == 2
     assert proc.stderr.startswith("firm: error: ")
     assert message in proc.stderr

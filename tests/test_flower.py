@@ -1,9 +1,9 @@
 """The Flower engine: converters, and real loopback runs (SuperLink + SuperNodes) against the in-process engine.
 
-The loopback runs come in two module-scoped groups whose runs go at once (their wall time is mostly
-process start-up and waiting): the five algorithms' parity runs on one shared cluster with TLS and
-SuperNode authentication, and the runs that need a cluster of their own (sites with their own
-prompt files, a SIGKILLed node). Each test checks its own run's outcome.
+The loopback runs use two clusters: one parity run per round shape, an int8-compressed run and a run
+short of a client go at once on one shared cluster with TLS and SuperNode authentication; sites with their
+own prompt files, one of them SIGKILLed after round 1, run on a cluster of their own. Each test
+checks its own run's outcome.
 """
 
 from __future__ import annotations
@@ -23,18 +23,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from firm.compression import compress
 from firm.config import Config, ConfigError, load_config
 from firm.engines.flower import local
 from firm.engines.flower.records import (
     adapter_to_record,
     config_to_run_config,
     payload_bytes,
+    payload_to_record,
     record_to_adapter,
     run_config_to_config,
 )
 from firm.engines.flower.submit import FlowerRunError, app_pyproject, submit
 from firm.train import run
 from tests.conftest import tiny_config
+from tests.test_compression import INT8, random_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +133,8 @@ def _flower_config(tmp_path: Path, cluster: local.Cluster, *overrides: str) -> C
     )
 
 
-ALGORITHMS = ["firm", "fedavg", "mgda", "fmgda", "fedcmoo"]
+ALGORITHMS = ["firm", "fmgda", "fedcmoo"]
+"""One algorithm per round shape: one payload, M payloads, a probe first (fedavg and mgda: tests/test_flower_client.py)."""
 PALETTE = (
     "algorithm=fedavg",
     "palette.targets=positiveness=+0.02,conciseness=+0.003",
@@ -185,7 +189,7 @@ def _check_parity(flower_dir: Path, tmp_path: Path, algorithm: str) -> None:
     per_upload = _distinct_payload(server.get_adapter())
     for row in flower_rows:
         n = len(row["clients"])
-        if algorithm in ("firm", "fedavg", "mgda"):  # one trained delta per client, every tensor distinct
+        if algorithm == "firm":  # one trained delta per client, every tensor distinct
             assert row["comm"]["upload_bytes"] == per_upload * n
             sent = initial if row["round"] == 1 else per_upload
             assert row["comm"]["download_bytes"] == sent * n
@@ -193,7 +197,8 @@ def _check_parity(flower_dir: Path, tmp_path: Path, algorithm: str) -> None:
             assert 0 < row["comm"]["upload_bytes"] <= 2 * per_upload * n
         assert row["dropped"] == {}
         assert row["eval"] == pytest.approx(inproc_rows[row["round"] - 1]["eval"], abs=1e-6)
-    assert (flower_dir / "checkpoints" / "round_0002").is_dir() and (flower_dir / "report.html").is_file()
+    assert (flower_dir / "checkpoints" / "round_0002").is_dir()
+    assert (flower_dir / "report.html").is_file() == (algorithm == "firm")  # the ServerApp writes it where asked
 
 
 @pytest.fixture(scope="module")
@@ -208,22 +213,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert not any(local._alive(p.pid) for p in c.processes)  # everything it started is gone
 
 
+def _report(algorithm: str) -> list[str]:
+    """Only the firm parity run draws the report on the ServerApp (seconds of CPU each, and the same code for all)."""
+    return [f"output.report={str(algorithm == 'firm').lower()}", "output.name=run"]
+
+
 @pytest.fixture(scope="module")
 def parity_runs(cluster: local.Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | BaseException]:
-    """Each algorithm's Flower run (2 clients x 2 rounds), all five submitted at once to the shared cluster.
+    """Each of `ALGORITHMS` on Flower (2 clients x 2 rounds), an int8 run and a run short of a client, all at once.
 
-    The SuperNodes serve the five runs' messages interleaved, one at a time, and each warm worker
+    The SuperNodes serve the runs' messages interleaved, one at a time, and each warm worker
     switches between the runs' configs: each run must still give exactly its in-process result.
     """
     root = tmp_path_factory.mktemp("parity")
-    return _concurrently(
-        {
-            algorithm: partial(
-                submit, _flower_config(root / algorithm, cluster, f"algorithm={algorithm}", "output.name=run"), quiet=True
-            )
-            for algorithm in ALGORITHMS
-        }
+    jobs: dict[str, Callable[[], Path]] = {
+        algorithm: partial(
+            submit, _flower_config(root / algorithm, cluster, f"algorithm={algorithm}", *_report(algorithm)), quiet=True
+        )
+        for algorithm in ALGORITHMS
+    }
+    jobs["firm int8"] = partial(
+        submit, _flower_config(root / "int8", cluster, "compression.kind=int8", "output.name=run"), quiet=True
     )
+    # and a run that asks for a third client the cluster does not have (test_a_run_short_of_clients_fails_clearly)
+    short = ["federation.num_clients=3", "federation.clients_per_round=3", "federation.rounds=1", "engine.round_timeout=8"]
+    jobs["short of clients"] = partial(submit, _flower_config(root / "short", cluster, *short, "output.name=run"), quiet=True)
+    return {**_concurrently(jobs), "short of clients dir": root / "short" / "run"}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -232,8 +247,8 @@ def test_flower_engine_matches_in_process(tmp_path: Path, parity_runs: dict[str,
 
 
 def test_each_node_loaded_the_model_once(cluster: local.Cluster, parity_runs: dict[str, Path | BaseException]) -> None:
-    """After the five parity runs (interleaved, two rounds each), each warm worker built its model once."""
-    assert all(isinstance(d, Path) for d in parity_runs.values()), parity_runs
+    """After the parity runs (interleaved, two rounds each), each warm worker built its model once."""
+    assert all(isinstance(parity_runs[a], Path) for a in ALGORITHMS), parity_runs
     for i in range(2):
         log = Path(cluster.state_dir / f"worker-{i}.log").read_text()
         assert log.count("loading model tiny") == 1, log[-2000:]
@@ -252,6 +267,25 @@ def test_flower_engine_with_tls_and_node_auth(
         )
 
 
+def test_flower_run_with_int8_matches_in_process(tmp_path: Path, parity_runs: dict[str, Path | BaseException]) -> None:
+    """`compression.kind=int8` on Flower: the in-process adapter, and the compressed bytes as Flower's records carry them."""
+    flower_dir = _result(parity_runs["firm int8"])
+    config = tiny_config(tmp_path / "inprocess", "compression.kind=int8", "output.name=run")
+    inproc = run(config)
+    ours, theirs = _adapter(flower_dir), _adapter(inproc.run_dir)
+    assert list(ours) == list(theirs)
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-6
+    from firm.policy import build_policy
+
+    adapter = build_policy(config.model, config.lora, config.federation.seed).get_adapter()  # the names on the wire
+    shapes = {name: tuple(t.shape) for name, t in adapter.items()}
+    per_upload = payload_bytes(payload_to_record(compress(random_adapter(shapes, seed=7), INT8)))
+    for row, inproc_row in zip(_rows(flower_dir), inproc.metrics, strict=True):
+        assert row["dropped"] == {}
+        assert row["comm"]["upload_bytes"] == per_upload * len(row["clients"])  # sizes depend on the shapes only
+        assert row["eval"] == pytest.approx(inproc_row["eval"], abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def palette_run(
     cluster: local.Cluster, parity_runs: dict[str, Path | BaseException], tmp_path_factory: pytest.TempPathFactory
@@ -259,7 +293,7 @@ def palette_run(
     """`PALETTE` on the shared cluster once the parity runs are done: warm workers, and nothing else running.
 
     Not with the parity runs: each statistics round is a message round trip that needs both nodes,
-    and queued behind five runs' training messages a round can outlast `engine.round_timeout`. Not
+    and queued behind the parity runs' training messages a round can outlast `engine.round_timeout`. Not
     with the own-cluster runs either: their first round must finish within 180 s of their start.
     """
     del parity_runs  # only to come after them
@@ -295,28 +329,25 @@ def test_palette_on_flower_matches_in_process(tmp_path: Path, palette_run: Path)
     assert max((ours_adapter[k] - theirs_adapter[k]).abs().max().item() for k in ours_adapter) < 1e-6
 
 
-def _sites_run(tmp_path: Path) -> tuple[Path, str, Path]:
-    """3 sites: 0 on its built-in shard, 1 on its own prompt file, 2 on a broken one; the run dir, site 1's log, the file."""
-    tmp_path.mkdir(parents=True)
+def _sites_losing_a_node(tmp_path: Path) -> tuple[Path, str, Path, BaseException | None]:
+    """3 sites, 3 rounds, min_clients = 1: site 0 on its built-in shard, 1 on its own prompt file, 2 on a
+    broken one; SIGKILL node 0 (SuperNode and worker) once round 1 is in metrics.jsonl.
+
+    The run dir, site 1's worker log, the broken file, and the error `submit` raised (None: completed).
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
     own = tmp_path / "site1.jsonl"
     own.write_text(
         "\n".join(json.dumps({"prompt": f"Tell me about the {w} in our shop."}) for w in ("lamps", "chairs", "desks")) + "\n"
     )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    outcome: dict[str, Any] = {}
     with local.local_cluster(
         tmp_path / "state", 3, superlink=f"127.0.0.1:{local.free_port()}", prompt_files=["", str(own), str(bad)]
     ) as c:
-        sites = ["federation.num_clients=3", "federation.clients_per_round=3", "federation.min_clients=2"]
-        run_dir = submit(_flower_config(tmp_path, c, "output.name=run", *sites), quiet=True)
-        return run_dir, (c.state_dir / "worker-1.log").read_text(), bad
-
-
-def _kill_node_after_round_one(tmp_path: Path, *overrides: str) -> tuple[Path, BaseException | None]:
-    """Run 3 rounds on 2 nodes; SIGKILL node 1 (SuperNode and worker) once round 1 is in metrics.jsonl."""
-    outcome: dict[str, Any] = {}
-    with local.local_cluster(tmp_path / "state", 2, superlink=f"127.0.0.1:{local.free_port()}") as c:
-        config = _flower_config(tmp_path, c, "federation.rounds=3", "engine.round_timeout=15", "output.name=run", *overrides)
+        sites = ["federation.num_clients=3", "federation.clients_per_round=3", "federation.min_clients=1"]
+        config = _flower_config(tmp_path, c, "federation.rounds=3", "engine.round_timeout=15", "output.name=run", *sites)
         run_dir = Path(config.output.dir) / "run"
 
         def go() -> None:
@@ -332,65 +363,60 @@ def _kill_node_after_round_one(tmp_path: Path, *overrides: str) -> tuple[Path, B
             time.sleep(0.2)
         assert (run_dir / "metrics.jsonl").exists() and _rows(run_dir), f"round 1 never finished: {outcome}"
         for p in c.processes:
-            if p.role in ("supernode-1", "worker-1"):
+            if p.role in ("supernode-0", "worker-0"):
                 local.stop(p, grace=0.0)
         thread.join(timeout=300)
         assert not thread.is_alive()
-    return run_dir, outcome.get("error")
+        return run_dir, (c.state_dir / "worker-1.log").read_text(), bad, outcome.get("error")
 
 
 @pytest.fixture(scope="module")
-def own_cluster_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The runs that need a cluster of their own (sites' prompt files; a SIGKILLed node), all three at once.
+def sites_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path, BaseException | None]:
+    """The run that needs a cluster of its own: sites with their own prompt files, one SIGKILLed after round 1.
 
-    Most of their wall time is waiting (process start-up, the dead node's `engine.round_timeout`),
-    so they overlap well; each test below checks its own run's outcome.
+    One run for both: each loopback cluster costs about a minute of CPU (seven processes importing
+    flwr, torch and transformers) on this 2-core machine. The failing side of a lost node
+    (`min_clients` not met) is `tests/test_flower_client.py`'s, in memory.
     """
-    root = tmp_path_factory.mktemp("own")
-    return _concurrently(
-        {
-            "sites": partial(_sites_run, root / "sites"),
-            "killed, min_clients=1": partial(_kill_node_after_round_one, root / "one", "federation.min_clients=1"),
-            "killed, all required": partial(_kill_node_after_round_one, root / "all"),
-        }
-    )
+    return _sites_losing_a_node(tmp_path_factory.mktemp("sites"))
 
 
-def test_sites_read_their_own_prompt_files(own_cluster_runs: dict[str, Any]) -> None:
+def test_sites_read_their_own_prompt_files(sites_run: tuple[Path, str, Path, BaseException | None]) -> None:
     """Site 1 trains on its own file; site 2's file is broken: it is dropped with its file's error, the others go on."""
-    run_dir, log, bad = _result(own_cluster_runs["sites"])
+    run_dir, log, bad, _ = sites_run
     assert "client 1: 3 prompts" in log  # the site's file, not the built-in shard
     rows = _rows(run_dir)
-    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[0]["dropped"] == {"2": rows[0]["dropped"]["2"]}  # only the broken site, before the kill
+    assert sorted(rows[0]["weights"]) == ["0", "1"]  # the site with its own file trained and was aggregated
     for row in rows:
-        assert list(row["dropped"]) == ["2"]  # only the broken site
-        assert sorted(row["weights"]) == ["0", "1"]  # the site with its own file trained and was aggregated
-    assert f"{bad}:2: invalid JSON" in rows[0]["dropped"]["2"]  # the site's error, with its line, reached the server
+        assert f"{bad}:2: invalid JSON" in row["dropped"]["2"]  # the site's error, with its line, reached the server
 
 
-def test_killed_node_is_dropped_and_the_run_completes(own_cluster_runs: dict[str, Any]) -> None:
-    run_dir, error = _result(own_cluster_runs["killed, min_clients=1"])
+def test_killed_node_is_dropped_and_the_run_completes(sites_run: tuple[Path, str, Path, BaseException | None]) -> None:
+    run_dir, _, _, error = sites_run
     assert error is None
     rows = _rows(run_dir)
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert rows[0]["dropped"] == {}
     for row in rows[1:]:
-        assert list(row["dropped"]) == ["1"] and "no reply" in row["dropped"]["1"]
-        assert list(row["weights"]) == ["0"]  # aggregated from the survivor only
+        assert sorted(row["dropped"]) == ["0", "2"] and "no reply" in row["dropped"]["0"]
+        assert list(row["weights"]) == ["1"]  # aggregated from the survivor only
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert (run_dir / "final_adapter").is_dir()
 
 
-def test_killed_node_fails_the_run_clearly_when_all_are_required(own_cluster_runs: dict[str, Any]) -> None:
-    run_dir, error = _result(own_cluster_runs["killed, all required"])  # min_clients = 0: every sampled client
-    assert isinstance(error, FlowerRunError)
-    assert "round 2 (train): 1 of 2 sampled clients returned an update" in str(error)
-    assert "federation.min_clients needs 2" in str(error)
-    assert [r["round"] for r in _rows(run_dir)] == [1]  # no partial row
+def test_a_run_short_of_clients_fails_clearly(parity_runs: dict[str, Path | BaseException]) -> None:
+    """Three clients asked of the shared two-node cluster: client 2 has no SuperNode, every sampled client is
+    required (min_clients = 0), so round 1 fails; `submit` raises with the server's reason, and the run
+    directory says failed with nothing trained."""
+    error = parity_runs["short of clients"]
+    assert isinstance(error, FlowerRunError), error
+    assert "round 1 (train): " in str(error) and "federation.min_clients needs 3" in str(error)
+    assert "client 2: no SuperNode holds this client id" in str(error)
+    run_dir = parity_runs["short of clients dir"]
+    assert isinstance(run_dir, Path)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["rounds_completed"] == 1
-    assert (run_dir / "checkpoints" / "round_0001").is_dir()
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 0
     assert not (run_dir / "final_adapter").exists()
 
 

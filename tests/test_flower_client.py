@@ -6,6 +6,7 @@ inputs, so each check is fast and fails on exactly the defect it names.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from firm.engines.flower import apps
 from firm.engines.flower.engine import FlowerEngine
 from firm.engines.flower.records import adapter_to_record, config_to_run_config, record_to_adapter
 from firm.policy import Policy, build_policy
+from firm.robust import RoundFailed
 from firm.train import RunResult, run
 from tests.conftest import tiny_config
 from tests.test_reliability import engine_with
@@ -135,6 +137,50 @@ def _flower_config(tmp_path: Path, *overrides: str) -> Config:
 
 def _flower_run(config: Config, grid: LoopbackGrid) -> RunResult:
     return run(config, engine=partial(FlowerEngine, grid))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- parity in memory
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "mgda"])
+def test_flower_messages_match_in_process_for_the_other_one_payload_algorithms(tmp_path: Path, algorithm: str) -> None:
+    """The real FlowerEngine and ClientApp, their Messages answered in this process: the adapter, eval
+    rows and clients are the in-process run's. tests/test_flower.py runs each round shape on a loopback
+    cluster (one payload: firm; M payloads: fmgda; a probe first: fedcmoo); fedavg and mgda send what
+    firm sends, so they are checked here, without the ~15 s of CPU a loopback ServerApp costs."""
+    config = _flower_config(tmp_path / "flower", f"algorithm={algorithm}", "output.name=run")
+    ours = _flower_run(config, LoopbackGrid(config))
+    theirs = run(tiny_config(tmp_path / "inprocess", f"algorithm={algorithm}", "output.name=run"))
+    assert list(ours.final_adapter) == list(theirs.final_adapter)
+    assert max((ours.final_adapter[k] - t).abs().max().item() for k, t in theirs.final_adapter.items()) < 1e-6
+    assert any((t != 0).any() for k, t in theirs.final_adapter.items() if "lora_B" in k)  # it trained
+    assert [r["clients"] for r in ours.metrics] == [r["clients"] for r in theirs.metrics]
+    for mine, other in zip(ours.metrics, theirs.metrics, strict=True):
+        assert mine["dropped"] == {} and mine["eval"] == pytest.approx(other["eval"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- a node lost for good
+
+
+def test_a_lost_node_fails_the_run_clearly_when_all_are_required(tmp_path: Path) -> None:
+    """Client 1's node stops replying after round 1 and min_clients = 0 (every sampled client): round 2
+    fails naming the reason, with no partial row, round 1 checkpointed, and no final adapter. (The
+    completing side, min_clients = 1, is tests/test_flower.py's loopback run with a SIGKILLed node.)"""
+
+    def dies_after_round_one(grid: LoopbackGrid, client_id: int, round_idx: int, stage: str, reply: Message) -> Message | None:
+        return None if client_id == 1 and round_idx >= 2 else reply
+
+    config = _flower_config(tmp_path, "federation.rounds=3", "engine.round_timeout=0.5", "output.name=run")
+    with pytest.raises(RoundFailed) as failed:
+        _flower_run(config, LoopbackGrid(config, dies_after_round_one))
+    assert "round 2 (train): 1 of 2 sampled clients returned an update" in str(failed.value)
+    assert "federation.min_clients needs 2" in str(failed.value) and "no reply within engine.round_timeout" in str(failed.value)
+    run_dir = tmp_path / "run"
+    assert [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 1
+    assert (run_dir / "checkpoints" / "round_0001").is_dir()
+    assert not (run_dir / "final_adapter").exists()
 
 
 # --------------------------------------------------------------------------- 8. probes are screened

@@ -27,12 +27,6 @@ from firm.train import resume, run
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _no_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These runs are about adapters, metrics and checkpoints: skip the plots (about half a tiny run's time)."""
-    monkeypatch.setattr(firm.train, "_write_report", lambda path: None)
-
-
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

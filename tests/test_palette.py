@@ -159,7 +159,9 @@ def test_firm_palette_cli_reports_infeasible(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_train_with_palette_sets_preference_and_reports(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, "palette.targets=positiveness=+0.02,conciseness=q0.5", "palette.prompts_per_client=6")
+    config = tiny_config(
+        tmp_path, "palette.targets=positiveness=+0.02,conciseness=q0.5", "palette.prompts_per_client=6", "output.report=true"
+    )
     result = run(config)
     pal = json.loads((result.run_dir / "palette.json").read_text())
     lam = np.array([pal["lambda"][n] for n in NAMES])

@@ -29,7 +29,7 @@ from firm.engines.inprocess import InProcessEngine
 from firm.robust import Candidate as C
 from firm.robust import RobustMean, RoundFailed, check_update, screen
 from firm.train import resume, run
-from tests.conftest import tiny_config
+from tests.conftest import CliResult, firm_cli, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,7 +288,7 @@ KILL_RUN = [
     "data.provocative_ratios=[]",
     "federation.num_clients=3",
     "federation.clients_per_round=2",
-    "federation.rounds=6",
+    "federation.rounds=4",
     "rollout.prompts_per_step=4",
     "rollout.max_new_tokens=24",
     "eval.num_prompts=4",
@@ -374,7 +374,7 @@ def test_sigkill_at_five_random_points_then_resume_gives_the_uninterrupted_adapt
             assert again.wait(timeout=300) == 0, where + ": " + again.errors()
         final = (run_dir / "final_adapter" / "adapter_model.safetensors").read_bytes()
         assert final == reference, f"{where}: the resumed adapter differs"
-        assert [r["round"] for r in rows(run_dir)] == list(range(1, 7)), where
+        assert [r["round"] for r in rows(run_dir)] == list(range(1, 5)), where
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
         print(where, "-> resumed, same adapter")
 
@@ -399,9 +399,8 @@ def test_resume_in_process_continues_from_the_checkpoint_and_matches(tmp_path: P
 # --------------------------------------------------------------------------- bad input
 
 
-def _firm(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "firm", *args], env=env, capture_output=True, text=True, timeout=300)
+def _firm(*args: str) -> CliResult:
+    return firm_cli(*args)
 
 
 def test_config_syntax_errors_give_line_numbers(tmp_path: Path) -> None:
@@ -449,28 +448,31 @@ def test_corrupt_or_mismatched_checkpoint_is_refused_and_nothing_is_lost(tmp_pat
     assert out.returncode == 2 and "not a run directory" in out.stderr
 
 
-def test_broken_objective_stops_the_run_naming_it(tmp_path: Path) -> None:
+def test_broken_objective_stops_the_run_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = tmp_path / "broken_rewards.py"
     module.write_text(
         "def too_few(prompts, completions, **kw):\n    return [0.5]\n\ndef nan(prompts, completions, **kw):\n    return [float('nan')] * len(completions)\n"
     )
-    env_path = os.pathsep.join([str(tmp_path), str(ROOT)])
-    for name, message in (("too_few", "returned 1 rewards for"), ("nan", "returned NaN or Inf")):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=env_path)
-        out = subprocess.run(
-            [sys.executable, "-m", "firm", "train", *KILL_RUN, f'objectives.names=["positiveness", "broken_rewards:{name}"]', f'output.dir="{tmp_path}"'],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert out.returncode == 1, out.stderr[-1500:]
-        assert f"objective 'broken_rewards:{name}' {message}" in out.stderr and "Traceback" not in out.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))  # what PYTHONPATH gave a `python -m firm` process
+    # A new process imports this file; test_robustness.py imports another `broken_rewards` (only `bad`) in this one.
+    sys.modules.pop("broken_rewards", None)
+    try:
+        for name, message in (("too_few", "returned 1 rewards for"), ("nan", "returned NaN or Inf")):
+            out = firm_cli(
+                "train", *KILL_RUN, f'objectives.names=["positiveness", "broken_rewards:{name}"]', f'output.dir="{tmp_path}"'
+            )
+            assert out.returncode == 1, out.stderr[-1500:]
+            assert f"objective 'broken_rewards:{name}' {message}" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        sys.modules.pop("broken_rewards", None)
 
 
 def test_ctrl_c_saves_the_last_completed_round(tmp_path: Path) -> None:
-    # 30 rounds: enough that the run is still going when the signal lands after its first row.
+    # 8 rounds: the run is still going when the signal lands after its first row (~1 s a round, polled every 50 ms).
     # SIGINT back to its default in the child: an ignored SIGINT (SIG_IGN) is inherited across exec,
     # and a process the suite started earlier may have left it ignored in this one.
     proc = _cli(
-        "train", *KILL_RUN, "federation.rounds=30", "output.checkpoint_every=100", f'output.dir="{tmp_path}"', "output.name=ctrlc",
+        "train", *KILL_RUN, "federation.rounds=8", "output.checkpoint_every=100", f'output.dir="{tmp_path}"', "output.name=ctrlc",
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     run_dir = tmp_path / "ctrlc"
@@ -485,4 +487,4 @@ def test_ctrl_c_saves_the_last_completed_round(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / f"round_{done[-1]:04d}").is_dir()  # saved although checkpoint_every=100
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert resume(run_dir).summary["status"] == "completed"
-    assert [r["round"] for r in rows(run_dir)] == list(range(1, 31))
+    assert [r["round"] for r in rows(run_dir)] == list(range(1, 9))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import pytest
 
 import firm
 from firm.report import PLOTS, ReportError, load_run, report_table, write_plots, write_report
-from tests.conftest import tiny_config
+from tests.conftest import CliResult, firm_cli, tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OBJECTIVES = ["positiveness", "conciseness"]
@@ -22,7 +20,7 @@ OBJECTIVES = ["positiveness", "conciseness"]
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 rounds, evaluation every 2nd round (and the last): round 1 has "eval": null."""
     out = tmp_path_factory.mktemp("report")
-    result = firm.run(tiny_config(out, "federation.rounds=3", "eval.every=2", "output.name=r"))
+    result = firm.run(tiny_config(out, "federation.rounds=3", "eval.every=2", "output.report=true", "output.name=r"))
     assert [m["eval"] is None for m in result.metrics] == [True, False, False]
     assert result.report == result.run_dir / "report.html"  # training writes the report itself
     return result.run_dir
@@ -94,17 +92,13 @@ def test_report_table(run_dir: Path) -> None:
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "firm", "report", str(run_dir)], capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = firm_cli("report", str(run_dir))
     assert proc.returncode == 0, proc.stderr
     assert f"report: {run_dir / 'report.html'}" in proc.stdout and "conciseness" in proc.stdout
 
 
-def _firm_report(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "firm", "report", str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
+def _firm_report(path: Path) -> CliResult:
+    return firm_cli("report", str(path))
 
 
 def test_report_cli_errors(run_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from firm.config import ConfigError
 from firm.sweep import preference_grid, sweep
-from tests.conftest import tiny_config
+from tests.conftest import firm_cli, tiny_config
 
 
 def test_preference_grid() -> None:
@@ -61,21 +61,18 @@ def test_sweep_refuses_a_directory_with_another_config(tmp_path: Path) -> None:
 
 
 def test_sweep_cli(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     args = [
-        sys.executable, "-m", "firm", "sweep", "--algorithms", "fedavg", "--divisions", "1",
+        "sweep", "--algorithms", "fedavg", "--divisions", "1",
         "model.name=tiny", 'objectives.names=["positiveness", "conciseness"]', 'data.sources=["builtin"]',
         "data.partition=iid", "data.provocative_ratios=[]", "federation.num_clients=2", "federation.clients_per_round=1",
         "federation.rounds=1", "algorithm.local_steps=1", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
         "rollout.max_new_tokens=4", "eval.num_prompts=2", f'output.dir="{tmp_path.as_posix()}"', "output.name=cli",
     ]  # fmt: skip
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    proc = firm_cli(*args)
     assert proc.returncode == 0, proc.stderr
     assert "sweep directory:" in proc.stdout and proc.stdout.count("fedavg") >= 2
     assert (tmp_path / "cli" / "sweep.json").is_file()
-    bad = subprocess.run([*args[:5], "nope", *args[6:]], capture_output=True, text=True, timeout=300, check=False)
+    bad = firm_cli(*args[:2], "nope", *args[3:])
     assert bad.returncode == 2 and "unknown algorithm 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
