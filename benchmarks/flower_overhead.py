@@ -22,10 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from firm.config import load_config
 from firm.engines.flower import local
 from firm.engines.flower.submit import submit
 from firm.train import run
+from firm.validation import load_config
 
 TINY = [
     "model.name=tiny",

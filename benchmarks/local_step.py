@@ -6,9 +6,9 @@ K. Repetitions are interleaved (FIRM, FedAvg, FIRM, ...) so machine noise hits a
 the ratio FIRM / FedAvg of the median time per local step (the price of the weighting), the
 absolute times for context, and the share of each phase.
 
-Variants: `fedavg` and `firm` on the fast paths (rollout.engine = fast, algorithm.logprobs = fast)
+Variants: `fedavg` and `firm` on the fast paths (rollout.sampler = fast, algorithm.logprobs = fast)
 with vjp = loop, `firm (vjp=batched)`, and at M = 2 also `firm (plain)`: every plain reference
-path (rollout.engine = plain, algorithm.logprobs = plain, vjp = loop), so the speed-up of the fast
+path (rollout.sampler = plain, algorithm.logprobs = plain, vjp = loop), so the speed-up of the fast
 paths is measured in the same run.
 
     python benchmarks/local_step.py [--model smollm2-135m] [--reps 3] [--steps 1] [--prompts 4] [--samples 4] [--tokens 32]
@@ -29,12 +29,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 
 from firm.client import problem_sampler
-from firm.config import load_config
 from firm.data import load_prompts
 from firm.local_step import Timer, local_update
 from firm.objectives import REGISTRY
 from firm.policy import build_policy
 from firm.solvers import firm_weights
+from firm.validation import load_config
 
 
 def questions(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
@@ -105,7 +105,7 @@ def main() -> int:
             "firm (vjp=batched)": ("firm", load_config(None, [*overrides, "algorithm.vjp=batched"])),
         }
         if m == 2:
-            plain = ["rollout.engine=plain", "algorithm.logprobs=plain", "algorithm.vjp=loop"]
+            plain = ["rollout.sampler=plain", "algorithm.logprobs=plain", "algorithm.vjp=loop"]
             variants["firm (plain)"] = ("firm", load_config(None, [*overrides, *plain]))
             variants["fedavg (plain)"] = ("fedavg", load_config(None, [*overrides, *plain]))
         times: dict[str, list[float]] = {k: [] for k in variants}

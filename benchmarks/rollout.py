@@ -3,9 +3,9 @@
 Measured in one run, side by side, repetitions interleaved (HF, plain, fast, fast int8, HF, ...):
 - `hf generate`: `model.generate(do_sample=True, top_k=0, top_p=1, temperature)` on the same
   policy (base + LoRA adapter, peft unmerged), G samples per prompt via `num_return_sequences`;
-- `firm plain`: `firm.rollout.sample(engine="plain")`, the reference decoder;
-- `firm fast`: `engine="fast"` (LoRA merged for the rollout, preallocated KV cache and mask);
-- `firm fast int8`: `engine="fast", precision="int8"` (int8 weights for sampling only).
+- `firm plain`: `firm.rollout.sample(sampler="plain")`, the reference decoder;
+- `firm fast`: `sampler="fast"` (LoRA merged for the rollout, preallocated KV cache and mask);
+- `firm fast int8`: `sampler="fast", precision="int8"` (int8 weights for sampling only).
 Tokens/s = decoded positions (sequences x steps actually run, prefill time included) / seconds.
 Batch 16 = 4 prompts x 4 samples (the local step's shape) and 16 prompts x 1; batch 4 = 1 x 4 and 4 x 1.
 
@@ -13,7 +13,7 @@ Roofline probes on the same machine in the same run: fp32 matmul GFLOP/s (2048^3
 matrix-vector bandwidth (an 8192 x 8192 fp32 matrix, 268 MB, past every cache). A decode step at
 batch b reads every weight once and does 2 x params x b FLOPs, so
     bound(b) = b / max(weight_bytes / bandwidth, 2 params b / matmul_flops)    tokens/s
-and each engine's share of it is printed. (int8 reads a quarter of the bytes; its share is still
+and each sampler's share of it is printed. (int8 reads a quarter of the bytes; its share is still
 given against the fp32 bound, so it can exceed what fp32 can reach.)
 
     python benchmarks/rollout.py [--model smollm2-135m] [--tokens 32] [--reps 3]
@@ -34,10 +34,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-from firm.config import load_config
 from firm.data import load_prompts
 from firm.policy import Policy, build_policy
 from firm.rollout import sample
+from firm.validation import load_config
 
 
 def matmul_gflops(size: int = 2048, reps: int = 5) -> float:
@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--no-int8", action="store_true", help="skip the int8 rollout engine")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 sampler")
     args = parser.parse_args()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -112,36 +112,36 @@ def main() -> int:
         f"model {args.model}: {num_params / 1e6:.1f} M parameters ({weight_bytes / 1e6:.0f} MB fp32), {args.tokens} new tokens\n"
     )
     texts = [p.text for p in load_prompts("builtin")]
-    engines: dict[str, Callable[..., int]] = {
+    samplers: dict[str, Callable[..., int]] = {
         "hf generate": hf_generate,
-        "firm plain": lambda *a: firm_sample(*a, engine="plain"),
-        "firm fast": lambda *a: firm_sample(*a, engine="fast"),
+        "firm plain": lambda *a: firm_sample(*a, sampler="plain"),
+        "firm fast": lambda *a: firm_sample(*a, sampler="fast"),
     }
     if not args.no_int8 and policy.device.type == "cpu":
-        engines["firm fast int8"] = lambda *a: firm_sample(*a, engine="fast", precision="int8")
+        samplers["firm fast int8"] = lambda *a: firm_sample(*a, sampler="fast", precision="int8")
     shapes = [(1, 4), (4, 1), (4, 4), (16, 1)]
     for prompts, group in shapes:  # warm-up: one untimed call of each (int8 also builds its copy here)
-        for fn in engines.values():
+        for fn in samplers.values():
             fn(policy, texts[:prompts], group, 4, 1.0, 0)
-    rates: dict[tuple[int, int], dict[str, list[float]]] = {s: {k: [] for k in engines} for s in shapes}
+    rates: dict[tuple[int, int], dict[str, list[float]]] = {s: {k: [] for k in samplers} for s in shapes}
     for rep in range(args.reps):
         for prompts, group in shapes:
-            for name, fn in engines.items():
+            for name, fn in samplers.items():
                 start = time.perf_counter()
                 positions = fn(policy, texts[rep * 16 % len(texts) :][:prompts], group, args.tokens, 1.0, rep)
                 rates[(prompts, group)][name].append(positions / (time.perf_counter() - start))
 
-    print(f"{'batch':>5} {'prompts x G':>11}  " + "  ".join(f"{k:>15}" for k in engines) + "   fast / hf   bound   fast share")
-    for (prompts, group), by_engine in rates.items():
+    print(f"{'batch':>5} {'prompts x G':>11}  " + "  ".join(f"{k:>15}" for k in samplers) + "   fast / hf   bound   fast share")
+    for (prompts, group), by_sampler in rates.items():
         batch = prompts * group
-        med = {k: statistics.median(v) for k, v in by_engine.items()}
+        med = {k: statistics.median(v) for k, v in by_sampler.items()}
         bound = batch / max(weight_bytes / (gbs * 1e9), 2 * num_params * batch / (gflops * 1e9))
-        cells = "  ".join(f"{med[k]:11.1f} t/s" for k in engines)
+        cells = "  ".join(f"{med[k]:11.1f} t/s" for k in samplers)
         print(
             f"{batch:>5} {f'{prompts} x {group}':>11}  {cells}   {med['firm fast'] / med['hf generate']:8.2f}x"
             f"  {bound:6.0f}   {100 * med['firm fast'] / bound:5.1f} %"
         )
-        for k in engines:
+        for k in samplers:
             if k not in ("hf generate", "firm fast"):
                 print(
                     f"{'':>19}{k} / hf generate: {med[k] / med['hf generate']:.2f}x ({100 * med[k] / bound:.1f} % of the fp32 bound)"

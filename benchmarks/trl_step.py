@@ -10,7 +10,7 @@ What each side does in one timed step (B prompts x G samples = S completions of 
 FIRM, through the project's code path (`firm.client.problem_sampler` + `firm.local_step.local_update`
 with K = 1 and the `Firm` weighting rule of `firm.algorithms.firm`), as `benchmarks/local_step.py`:
   1. sample: the B prompts through the chat template, ONE prefill of B rows, the KV cache repeated
-     G times, then the project's own decode loop (`rollout.engine = fast`: LoRA merged for the
+     G times, then the project's own decode loop (`rollout.sampler = fast`: LoRA merged for the
      rollout, preallocated KV cache; multinomial sampling at `rollout.temperature`, full vocabulary)
      for up to T tokens, stopping early when every row has emitted EOS (with `--int8`, a third FIRM
      variant samples with `rollout.precision = int8`, importance-corrected);
@@ -87,11 +87,12 @@ import torch
 
 from firm.algorithms.firm import Firm
 from firm.client import problem_sampler, prompt_batch
-from firm.config import Config, load_config
+from firm.config import Config
 from firm.data import Prompt, load_prompts
 from firm.local_step import local_update
 from firm.objectives import REGISTRY, Objective
 from firm.policy import Policy, build_policy
+from firm.validation import load_config
 
 OBJECTIVE_SETS = (("positiveness",), ("positiveness", "conciseness"))
 """FIRM's objectives at M = 1 and M = 2; TRL runs the first set (M = 1)."""

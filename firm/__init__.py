@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from firm.version import __version__
 
 if TYPE_CHECKING:
     from firm.config import Config
@@ -12,18 +12,22 @@ if TYPE_CHECKING:
 
 
 def run(config: Config) -> RunResult:
-    """Train with `config` and return the run's result (see `firm.train.run`)."""
-    from firm.train import run as _run
+    """Train with `config`, any `algorithm.name` (a federated algorithm or a reference), and return the result (`firm.launch.run`)."""
+    from firm.launch import run as _run
 
     return _run(config)
 
 
 def __getattr__(name: str) -> Any:
-    # Config helpers are light; keep `import firm` from importing torch until needed.
-    if name in ("Config", "load_config", "ConfigError"):
+    # Lazy, so that `import firm` does not import torch until needed.
+    if name in ("Config", "ConfigError"):
         from firm import config
 
         return getattr(config, name)
+    if name == "load_config":  # reads and validates (firm.validation)
+        from firm import validation
+
+        return validation.load_config
     raise AttributeError(name)
 
 

@@ -1,11 +1,11 @@
-"""Server aggregation for one-adapter algorithms: a running weighted mean (DESIGN.md section 4).
+"""Server aggregation for one-adapter algorithms: a running weighted mean (docs/design.md section 4.2).
 
     Deltabar = sum_i w_i Delta_i,   w_i proportional to client i's number of samples
     theta^{t+1} = theta^t + eta_g Deltabar
 
 The server keeps running sums, never the N client deltas: memory O(d), not O(N d). (While the
 norm screen waits for a round's median, its updates wait on disk: `firm.robust.SpilledUpdates`.)
-The same sums give the update drift of DESIGN.md section 5 without a second pass:
+The same sums give the update drift of docs/design.md section 6 without a second pass:
 
     drift.updates = mean_i ||Delta_i - Deltabar||^2 / ||Deltabar||^2
                   = (mean_i ||Delta_i||^2 - 2 <mean_i Delta_i, Deltabar> + ||Deltabar||^2) / ||Deltabar||^2
@@ -78,6 +78,6 @@ def apply_mean_delta(global_adapter: Adapter, aggregate: RunningMean, server_lr:
 
 
 def weights_drift(client_weights: list[list[float]]) -> float:
-    """drift.weights = mean_i || lambdabar_i - mean_j lambdabar_j ||_1 (DESIGN.md section 5)."""
+    """drift.weights = mean_i || lambdabar_i - mean_j lambdabar_j ||_1 (docs/design.md section 6)."""
     w = torch.tensor(client_weights, dtype=torch.float64)  # [clients, M]
     return float((w - w.mean(dim=0)).abs().sum(dim=1).mean())

@@ -1,4 +1,4 @@
-"""What a checkpoint holds and how a run resumes from one (`firm train --resume RUN_DIR`).
+"""Plumbing: what a checkpoint holds and how a run resumes from one (`firm train --resume RUN_DIR`).
 
 `checkpoints/round_NNNN/` (written atomically by `RunDir.write_checkpoint`, a temp dir renamed):
 - `adapter_config.json`, `adapter_model.safetensors`: the global adapter in the PEFT layout;
@@ -24,6 +24,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from firm.atomic import ASIDE, recover_replaced
 from firm.codec import Adapter
 
 TENSOR = "__tensor__"
@@ -83,8 +84,6 @@ def latest(run_dir: Path) -> Path:
     """The newest checkpoint directory of a run (temp dirs of an interrupted write are ignored)."""
     root = run_dir / "checkpoints"
     if root.is_dir():  # a crash while a checkpoint was being replaced: put the old one back
-        from firm.rundir import ASIDE, recover_replaced
-
         for name in {p.name[1:].split(ASIDE)[0] for p in root.glob(f".round_*{ASIDE}*")}:
             recover_replaced(root / name)
     found = (

@@ -11,8 +11,9 @@ import functools
 import sys
 from collections.abc import Sequence
 
-from firm import __version__
-from firm.config import Config, ConfigError, config_to_toml, field_help, load_config
+from firm.config import Config, ConfigError, config_to_toml, field_help
+from firm.validation import load_config
+from firm.version import __version__
 
 EPILOG_HEAD = "config keys (override any of them as key=value; lists as [a, b]):\n"
 
@@ -168,10 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compare":
         if not config.output.name:  # name the sweep once, so the comparison finds it
             import dataclasses
-            import time
 
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=f"compare-{stamp}"))
+            from firm.rundir import default_run_name
+
+            config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=default_run_name("compare")))
         status = _sweep(config, args.algorithms, args.divisions)
         if status != 0:
             return status
@@ -187,20 +188,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(config: Config | None, resume_dir: str | None) -> int:
     """`firm train`: a new run of `config`, or (`resume_dir`) the continuation of an interrupted one."""
     import dataclasses
-    import time
     from pathlib import Path
 
     from firm.checkpoint import CheckpointError
     from firm.data import PromptFileError
+    from firm.launch import run
     from firm.objectives import ObjectiveError
     from firm.palette import PaletteInfeasible, PaletteSolveError
     from firm.policy import PolicyError
     from firm.robust import RoundFailed
-    from firm.rundir import RunDirError
-    from firm.train import resume, run
+    from firm.rundir import RunDirError, run_name
+    from firm.train import resume
 
     if config is not None and not config.output.name:  # name the run now, so an interruption can say where it is
-        name = f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = run_name(config)
         if not (Path(config.output.dir) / name).exists():
             config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=name))
     where = resume_dir or (
@@ -272,18 +273,16 @@ def _train_flower(config: Config) -> int:
 
 def _palette(config: Config, best_of_n: int, out: str | None) -> int:
     """`firm palette`: solve the targets, print the table, optionally decode best-of-n; exit 0 feasible, 1 infeasible."""
-    import json
-    import time
     from pathlib import Path
 
     from firm.data import PromptFileError, federated_prompts
     from firm.objectives import ObjectiveError, resolve_objective
     from firm.palette import PaletteSolveError
-    from firm.palette.plots import plot_palette, plot_region
+    from firm.palette.output import decoding_table, solution_table, write_palette
     from firm.palette.sampling import best_of_n as decode_best_of_n
     from firm.palette.sampling import palette_record, solve_federated
     from firm.policy import PolicyError, build_policy
-    from firm.rundir import write_atomic
+    from firm.rundir import default_run_name
 
     if not config.palette.targets:
         print(
@@ -308,26 +307,7 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
         print(f"firm: error: {err}", file=sys.stderr)
         return 1
     record = palette_record(solution, federation, config)
-    print(
-        f"palette on {record['clients']} clients, {solution.num_samples:g} reference samples "
-        f"({config.palette.prompts_per_client or 'all'} prompts x {config.palette.samples_per_prompt} per client); "
-        f"{federation.rounds} rounds of statistics, {federation.upload_bytes:,} bytes uploaded"
-    )
-    print(f"{'value':<16s}{'target':>10s}{'reference':>11s}{'predicted':>11s}{'lambda':>11s}{'preference':>12s}")
-    usable = solution.feasible and not solution.met_by_reference  # else there is no preference to train with
-    for m, name in enumerate(names):
-        c = solution.targets[m]
-        target = f"{c:10.4f}" if c > float("-inf") else f"{'-':>10s}"
-        pref = f"{solution.preference[m]:12.3f}" if usable else f"{'-':>12s}"
-        print(f"{name:<16s}{target}{solution.reference_mean[m]:11.4f}{solution.predicted[m]:11.4f}{solution.lam[m]:11.4g}{pref}")
-    print(f"feasible: {'yes' if solution.feasible else 'NO'}: {solution.reason}")
-    if usable and config.palette.weights == "standardized":
-        shown = ", ".join(f"{n} {v:.3f}" for n, v in zip(names, solution.standardized_preference, strict=True))
-        print(f"palette.weights=standardized: training would use the preference {shown}")
-    if solution.feasible:
-        print(
-            f"KL(tilted || reference) = {solution.kl:.4f} nats; train with: firm train palette.targets={config.palette.targets!r}"
-        )
+    print(solution_table(solution, federation, record, config))
     decoding = None
     if best_of_n:
         if not solution.feasible or solution.met_by_reference:
@@ -336,22 +316,11 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
             result = decode_best_of_n(policy, objectives, prompts.eval, solution.lam, best_of_n, config)
             decoding = result.to_dict(names)
             record["decoding"] = decoding
-            print(f"decoding {result.num_prompts} held-out prompts x {best_of_n} reference samples:")
-            print(f"{'value':<16s}{'target':>10s}{'reference':>11s}{'best-of-n':>11s}{'tilted':>11s}")
-            for m, name in enumerate(names):
-                c = solution.targets[m]
-                target = f"{c:10.4f}" if c > float("-inf") else f"{'-':>10s}"
-                print(f"{name:<16s}{target}{result.reference[m]:11.4f}{result.best_of_n[m]:11.4f}{result.tilted[m]:11.4f}")
-    out_dir = Path(out) if out else Path(config.output.dir) / f"palette-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+            print(decoding_table(solution, result))
+    out_dir = Path(out) if out else Path(config.output.dir) / default_run_name("palette")
     record["objectives"] = names
-    write_atomic(out_dir / "palette.json", json.dumps(record, indent=2) + "\n")
-    figures = {"palette": plot_palette(record, decoding=decoding)}
-    if "region" in record:
-        figures["palette_region"] = plot_region(record["region"], record)
-    for name, fig in figures.items():
-        fig.savefig(out_dir / f"{name}.png", dpi=100, metadata={"Software": None})
-    print(f"written: {out_dir / 'palette.json'}, " + ", ".join(str(out_dir / f"{n}.png") for n in figures))
+    written = write_palette(out_dir, record, decoding)
+    print("written: " + ", ".join(str(path) for path in written))
     return 0 if solution.feasible else 1
 
 

@@ -60,7 +60,7 @@ def problem_sampler(
             dropout_seed=derive_seed(Stream.DROPOUT, seed, round_idx, client_id, step),
             vjp=alg.vjp,
             timer=timer,
-            engine=ro.engine,
+            sampler=ro.sampler,
             precision=ro.precision,
             logprobs=alg.logprobs,
         )

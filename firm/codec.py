@@ -1,4 +1,4 @@
-"""The one place where adapters and updates are encoded for the wire (DESIGN.md section 5, `comm`).
+"""The one place where adapters and updates are encoded for the wire (docs/design.md section 6, `comm`).
 
 Payloads are safetensors bytes: a JSON header with names, dtypes and shapes, then raw little-endian
 tensor data. Every engine encodes with `encode` and counts `len()` of the result, so

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from firm.codec import Adapter, decode, encode, metadata
-from firm.config import CompressionConfig
+from firm.config import CompressionConfig, ConfigError
 
 RESIDUAL = "compression.residual"
 """Prefix of the error-feedback residuals in a client's state: `compression.residual.<payload>.<tensor name>`."""
@@ -112,6 +112,18 @@ def densify_topk(indices: torch.Tensor, values: torch.Tensor, n: int) -> torch.T
     x = torch.zeros(n, dtype=torch.float32)
     x[indices.to(torch.int64)] = values
     return x
+
+
+def topk_compress(vector: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """A flat tensor's k largest-magnitude entries (k clamped to 1..n) as FedCMOO's probe sends them:
+    {"values": [k] float32, "indices": [k] int32, ascending} (`sparsify_topk`, no error feedback)."""
+    indices, values = sparsify_topk(vector.to(torch.float32), max(1, min(k, vector.numel())))
+    return {"values": values, "indices": indices}
+
+
+def topk_decompress(values: torch.Tensor, indices: torch.Tensor, size: int) -> torch.Tensor:
+    """Inverse of `topk_compress` on the kept entries, as float64 [size] for the server's sums."""
+    return densify_topk(indices, values.to(torch.float32), size).to(torch.float64)
 
 
 # --------------------------------------------------------------------------- one payload
@@ -244,3 +256,11 @@ def decode_upload(payload: bytes, dtypes: Mapping[str, torch.dtype] | None = Non
     if dtypes is None:
         return tensors
     return {name: t.to(dtypes[name]) if name in dtypes else t for name, t in tensors.items()}
+
+
+def validate_config(comp: CompressionConfig) -> None:
+    """The compression.* checks."""
+    if comp.block < 0:
+        raise ConfigError(f"compression.block: must be >= 0 (0 = one scale per tensor), got {comp.block}")
+    if not 0 < comp.topk <= 1:
+        raise ConfigError(f"compression.topk: must be a fraction in (0, 1], got {comp.topk}")

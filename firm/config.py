@@ -13,10 +13,8 @@ import ast
 import dataclasses
 import functools
 import inspect
-import ipaddress
 import itertools
 import math
-import sys
 import textwrap
 import tomllib
 import typing
@@ -65,8 +63,8 @@ class RolloutConfig:
     """Maximum completion length in tokens."""
     temperature: float = 1.0
     """Sampling temperature; log-probabilities for the loss use the same temperature."""
-    engine: Literal["fast", "plain"] = "fast"
-    """Sampler: `fast` (LoRA merged for the rollout, preallocated KV cache and mask) or `plain` (the reference path)."""
+    sampler: Literal["fast", "plain"] = "fast"
+    """Sampler: `fast` (LoRA merged for the rollout, preallocated KV cache and mask) or `plain` (the reference path); formerly `rollout.engine`."""
     precision: Literal["model", "int8"] = "model"
     """Rollout weights: `model` (the policy's own) or `int8` (CPU only: int8 copy for sampling, importance-corrected loss)."""
 
@@ -90,7 +88,7 @@ class ObjectivesConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     name: str = "firm"
-    """Federated algorithm: a key of `firm.algorithms.REGISTRY` (firm, fedavg, mgda, fmgda)."""
+    """Federated algorithm: a key of `firm.algorithms.REGISTRY` (firm, fedavg, mgda, fmgda, fedcmoo), or a reference: centralized, local."""
     local_steps: int = 2
     """K: local RL steps per client per round (each with a fresh rollout)."""
     inner_epochs: int = 1
@@ -111,18 +109,30 @@ class AlgorithmConfig:
     """eps in the group-relative advantage (r - mean) / (std + eps)."""
     reference_rule: Literal["firm", "fedavg", "mgda"] = "firm"
     """centralized / local references: the weighting rule their single learner uses."""
-    compression: float = 0.5
-    """fedcmoo: budget c of the probe upload, relative to one adapter's bytes (top-k values + indices of the M gradients)."""
-    fedcmoo_steering: bool = False
-    """fedcmoo: preference-steered variant: FIRM's regularised weight problem (anchor p, algorithm.reg) at the server."""
-    normalize_deltas: bool = False
-    """fmgda: solve the server's min-norm problem on unit-normalised averaged deltas (weights then applied to the raw ones)."""
-    fmgda_steering: bool = False
-    """fmgda: preference-steered variant (not in the paper): FIRM's regularised solve (anchor p, algorithm.reg) at the server."""
     vjp: Literal["loop", "batched"] = "loop"
     """How the M per-objective gradients are taken: M backward passes of one graph, or one vmapped backward."""
     logprobs: Literal["fast", "plain"] = "fast"
     """Training/reference forward: `fast` (prompt prefix once per prompt, fused LM head) or `plain` (the reference path)."""
+
+
+@dataclass(frozen=True)
+class FmgdaConfig:
+    """FMGDA's own settings (docs/algorithms/fmgda.md)."""
+
+    normalize_deltas: bool = False
+    """Solve the server's min-norm problem on unit-normalised averaged deltas (weights then applied to the raw ones)."""
+    steering: bool = False
+    """Preference-steered variant (not in the paper): FIRM's regularised solve (anchor p, algorithm.reg) at the server."""
+
+
+@dataclass(frozen=True)
+class FedCmooConfig:
+    """FedCMOO's own settings (docs/algorithms/fedcmoo.md)."""
+
+    compression: float = 0.5
+    """Budget c of the probe upload, relative to one adapter's bytes (top-k values + indices of the M gradients)."""
+    steering: bool = False
+    """Preference-steered variant: FIRM's regularised weight problem (anchor p, algorithm.reg) at the server."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,8 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    fmgda: FmgdaConfig = field(default_factory=FmgdaConfig)
+    fedcmoo: FedCmooConfig = field(default_factory=FedCmooConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -303,12 +315,24 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config field type {tp} at {key}")  # a bug in this module, not user input
 
 
+RENAMED = {
+    "rollout.engine": "rollout.sampler",
+    "algorithm.normalize_deltas": "fmgda.normalize_deltas",
+    "algorithm.fmgda_steering": "fmgda.steering",
+    "algorithm.compression": "fedcmoo.compression",
+    "algorithm.fedcmoo_steering": "fedcmoo.steering",
+}
+"""Keys that were renamed: an old key is refused with its new name, not as merely unknown."""
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
+        if dotted in RENAMED:
+            raise ConfigError(f"{dotted} was renamed {RENAMED[dotted]}")
         if key not in names:
             raise ConfigError(
                 f"unknown key {dotted!r}; allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
@@ -328,9 +352,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Build and validate a Config from nested plain data (a parsed TOML/YAML file)."""
+    """Build a Config from nested plain data (a parsed TOML/YAML file): keys and types checked here,
+    values by `firm.validation.validate` (which `firm.validation.load_config` calls)."""
     config: Config = _build(Config, data, "")
-    validate(config)
     return config
 
 
@@ -353,321 +377,6 @@ def config_to_toml(config: Config) -> str:
     import tomli_w
 
     return tomli_w.dumps(config_to_dict(config))
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate(config: Config) -> None:
-    """Cross-field and range checks; raises ConfigError naming the key."""
-    from firm.algorithms import REGISTRY as ALGORITHMS
-    from firm.objectives import REGISTRY as OBJECTIVES
-
-    names = config.objectives.names
-    if not names:
-        raise ConfigError("objectives.names: at least one objective is required")
-    for i, name in enumerate(names):
-        if name == "hf:":
-            raise ConfigError(
-                f"objectives.names[{i}]: 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2"
-            )
-        if name not in OBJECTIVES and not name.startswith("hf:") and ":" not in name:
-            raise ConfigError(
-                f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(OBJECTIVES))}, hf:<model id or path> or module:function"
-            )
-    if len(set(names)) != len(names):
-        raise ConfigError(f"objectives.names: duplicate objective in {list(names)}")
-    pref = config.objectives.preference
-    if pref:
-        if len(pref) != len(names):
-            raise ConfigError(
-                f"objectives.preference: has {len(pref)} values but objectives.names has {len(names)}; give one weight per objective"
-            )
-        if any(v < 0 for v in pref):
-            raise ConfigError(f"objectives.preference: weights must be >= 0, got {list(pref)}")
-        if sum(pref) <= 0:
-            raise ConfigError(f"objectives.preference: weights must not all be zero, got {list(pref)}")
-    if config.algorithm.name not in ALGORITHMS and config.algorithm.name not in REFERENCES:
-        raise ConfigError(
-            f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted([*ALGORITHMS, *REFERENCES]))}"
-        )
-    fed = config.federation
-    if fed.clients_per_round > fed.num_clients:
-        raise ConfigError(
-            f"federation.clients_per_round: {fed.clients_per_round} is more than federation.num_clients = {fed.num_clients}"
-        )
-    positive = {
-        "lora.r": config.lora.r,
-        "rollout.prompts_per_step": config.rollout.prompts_per_step,
-        "rollout.samples_per_prompt": config.rollout.samples_per_prompt,
-        "rollout.max_new_tokens": config.rollout.max_new_tokens,
-        "rollout.temperature": config.rollout.temperature,
-        "algorithm.local_steps": config.algorithm.local_steps,
-        "algorithm.inner_epochs": config.algorithm.inner_epochs,
-        "algorithm.lr": config.algorithm.lr,
-        "algorithm.server_lr": config.algorithm.server_lr,
-        "algorithm.advantage_eps": config.algorithm.advantage_eps,
-        "algorithm.compression": config.algorithm.compression,
-        "federation.num_clients": fed.num_clients,
-        "federation.clients_per_round": fed.clients_per_round,
-        "federation.rounds": fed.rounds,
-        "eval.num_prompts": config.eval.num_prompts,
-        "eval.samples_per_prompt": config.eval.samples_per_prompt,
-        "eval.every": config.eval.every,
-        "output.checkpoint_every": config.output.checkpoint_every,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-    agg = config.aggregation
-    non_negative = {
-        "lora.dropout": config.lora.dropout,
-        "algorithm.reg": config.algorithm.reg,
-        "algorithm.beta_kl": config.algorithm.beta_kl,
-        "algorithm.clip_eps": config.algorithm.clip_eps,
-        "federation.seed": fed.seed,
-        "federation.min_clients": fed.min_clients,
-        "federation.client_timeout": fed.client_timeout,
-        "federation.round_retries": fed.round_retries,
-        "aggregation.clip_norm": agg.clip_norm,
-        "aggregation.max_norm_ratio": agg.max_norm_ratio,
-    }
-    if fed.min_clients > fed.clients_per_round:
-        raise ConfigError(
-            f"federation.min_clients: {fed.min_clients} is more than federation.clients_per_round = {fed.clients_per_round}"
-        )
-    _validate_aggregation(config)
-    if not config.engine.round_timeout > 0:
-        raise ConfigError(f"engine.round_timeout: must be > 0 seconds, got {config.engine.round_timeout}")
-    if config.engine.name == "flower":
-        _validate_address("engine.superlink", config.engine.superlink)
-        check_engine_transport(config.engine)
-        if config.engine.root_certificates and not Path(config.engine.root_certificates).is_file():
-            raise ConfigError(f"engine.root_certificates: file not found: {config.engine.root_certificates}")
-    for key, value in non_negative.items():
-        if not value >= 0:
-            raise ConfigError(f"{key}: must be >= 0, got {value}")
-    _validate_palette(config)
-    _validate_compression(config.compression)
-    if config.rollout.samples_per_prompt < 2:
-        raise ConfigError("rollout.samples_per_prompt: must be >= 2 (group-relative advantages need a group)")
-    if not config.lora.target_modules:
-        raise ConfigError("lora.target_modules: at least one module name is required")
-    if not config.lora.dropout < 1.0:
-        raise ConfigError(f"lora.dropout: must be in [0, 1), got {config.lora.dropout}")
-    _validate_device(config.model.device)
-    for i, name in enumerate(names):
-        if ":" in name and not name.startswith("hf:") and name not in OBJECTIVES:
-            from firm.objectives import resolve_objective
-
-            try:
-                resolve_objective(name)
-            except KeyError as err:
-                raise ConfigError(f"objectives.names[{i}]: {err.args[0]}") from None
-    _validate_data(config)
-    for message in config_warnings(config):
-        _warn_once(message)
-
-
-def _validate_aggregation(config: Config) -> None:
-    """Refuse the aggregation settings that could not act in any round (docs/reliability.md, "Settings that need enough clients")."""
-    agg, name, per_round = config.aggregation, config.algorithm.name, config.federation.clients_per_round
-    if not 0 <= agg.trim < 0.5:
-        raise ConfigError(f"aggregation.trim: must be in [0, 0.5), got {agg.trim}")
-    if name in ("fmgda", "fedcmoo"):
-        if agg.rule != "mean":
-            raise ConfigError(
-                f"aggregation.rule: {agg.rule!r} is for firm, fedavg and mgda; {name} aggregates with its own sample-weighted means, use aggregation.rule=mean"
-            )
-        if agg.clip_norm > 0:
-            raise ConfigError(
-                f"aggregation.clip_norm: {name} does not clip (only firm, fedavg and mgda do); set aggregation.clip_norm=0 "
-                "(aggregation.max_norm_ratio still rejects outsized updates) or use another algorithm"
-            )
-    if name in REFERENCES and agg.rule != "mean":
-        raise ConfigError(
-            f"aggregation.rule: {agg.rule!r} does nothing for the reference {name!r} (one learner, one delta per round); use aggregation.rule=mean"
-        )
-    if agg.rule == "median" and per_round < 3:
-        raise ConfigError(
-            f"aggregation.rule: 'median' needs 3 or more updates per round to outvote a bad one, and federation.clients_per_round = {per_round} "
-            "(the median of 2 is their mean); raise federation.clients_per_round or use aggregation.rule=mean"
-        )
-    if agg.rule == "trimmed_mean" and _trimmed_per_end(agg.trim, per_round) == 0:
-        fixes = [f"aggregation.trim to {_least_trim(per_round):g}"] if per_round >= 3 else []
-        if agg.trim > 0:
-            fixes.append(f"federation.clients_per_round to {_fewest_trimmed(agg.trim)}")
-        if not fixes:  # trim 0 of 2: no trim below 0.5 drops one of 2
-            fixes.append(f"federation.clients_per_round to 3 and aggregation.trim to {_least_trim(3):g}")
-        raise ConfigError(
-            f"aggregation.trim: {agg.trim:g} of federation.clients_per_round = {per_round} updates trims 0 at each end, so 'trimmed_mean' "
-            f"is their plain mean; raise {' or '.join(fixes)}, or use aggregation.rule=mean"
-        )
-
-
-def _trimmed_per_end(trim: float, count: int) -> int:
-    """Updates `trimmed_mean` drops at each end of every coordinate out of `count` (as firm.robust.RobustMean: int(trim x n))."""
-    return int(trim * count)
-
-
-def _fewest_trimmed(trim: float) -> int:
-    """The fewest updates of which `trim` (> 0) drops at least one at each end."""
-    count = max(1, math.ceil(1 / trim))
-    while _trimmed_per_end(trim, count) < 1:  # 1 / trim rounded in float
-        count += 1
-    return count
-
-
-def _least_trim(count: int) -> float:
-    """The smallest trim, in hundredths, that drops at least one of `count` (>= 3) updates at each end."""
-    hundredths = math.ceil(100 / count)
-    while _trimmed_per_end(hundredths / 100, count) < 1:
-        hundredths += 1
-    return hundredths / 100
-
-
-def config_warnings(config: Config) -> list[str]:
-    """Aggregation settings that are valid but act in only some rounds (or, set explicitly, in none): one line each.
-
-    `validate` prints each once per process. The default norm screen at fewer than 3 clients per
-    round is documented rather than warned about, so the default run prints nothing.
-    """
-    agg, fed = config.aggregation, config.federation
-    per_round = fed.clients_per_round
-    fewest = fed.min_clients or per_round  # the fewest updates a round that counts can aggregate
-    notes: list[str] = []
-    if agg.max_norm_ratio > 0:
-        if per_round < 3 and agg.max_norm_ratio != AggregationConfig().max_norm_ratio:
-            notes.append(
-                f"aggregation.max_norm_ratio: the norm screen needs 3 or more updates in a round and federation.clients_per_round = {per_round}, "
-                "so it never runs; set aggregation.max_norm_ratio=0 or raise federation.clients_per_round"
-            )
-        elif per_round >= 3 and fewest < 3:
-            notes.append(
-                f"aggregation.max_norm_ratio: a round left with fewer than 3 updates (federation.min_clients = {fewest}) is not screened"
-            )
-    if agg.rule == "median" and fewest < 3 <= per_round:
-        notes.append(
-            f"aggregation.rule: a round left with fewer than 3 updates (federation.min_clients = {fewest}) takes their plain median (of 2: their mean)"
-        )
-    if agg.rule == "trimmed_mean" and agg.trim > 0 and fewest < _fewest_trimmed(agg.trim) <= per_round:
-        notes.append(
-            f"aggregation.trim: a round left with fewer than {_fewest_trimmed(agg.trim)} updates (federation.min_clients = {fewest}) trims none of them"
-        )
-    return notes
-
-
-_WARNED: set[str] = set()
-"""The warnings this process has printed: each once, however often a config is validated (sweeps, the Flower ServerApp)."""
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        print(f"firm: warning: {message}", file=sys.stderr)
-
-
-def _validate_palette(config: Config) -> None:
-    pal = config.palette
-    if pal.prompts_per_client < 0:
-        raise ConfigError(f"palette.prompts_per_client: must be >= 0 (0 = all), got {pal.prompts_per_client}")
-    if pal.samples_per_prompt < 1:
-        raise ConfigError(f"palette.samples_per_prompt: must be >= 1, got {pal.samples_per_prompt}")
-    if not pal.targets:
-        return
-    from firm.palette.dual import parse_targets
-
-    try:
-        parse_targets(pal.targets, config.objectives.names)
-    except ValueError as err:
-        raise ConfigError(f"palette.targets: {err}") from None
-    if config.algorithm.name in REFERENCES:
-        raise ConfigError(f"palette.targets: not supported for the reference {config.algorithm.name!r}")
-
-
-def _validate_compression(comp: CompressionConfig) -> None:
-    if comp.block < 0:
-        raise ConfigError(f"compression.block: must be >= 0 (0 = one scale per tensor), got {comp.block}")
-    if not 0 < comp.topk <= 1:
-        raise ConfigError(f"compression.topk: must be a fraction in (0, 1], got {comp.topk}")
-
-
-def is_loopback_address(address: str) -> bool:
-    """`host:port` names this machine's loopback: `localhost`, 127.0.0.0/8 or ::1 (IPv6 in brackets or bare).
-
-    No name is resolved: any other host name counts as remote, since its DNS answer can change.
-    """
-    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:  # ::ffff:127.0.0.1
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
-def check_engine_transport(engine: EngineConfig) -> None:
-    """The TLS rule: plaintext to the SuperLink only on loopback, unless `engine.insecure_non_loopback`."""
-    if engine.root_certificates or engine.insecure_non_loopback or is_loopback_address(engine.superlink):
-        return
-    raise ConfigError(
-        f"engine.superlink: {engine.superlink} is not a loopback address and engine.root_certificates is empty, "
-        "so the run would travel in plaintext; set engine.root_certificates to the CA file of the SuperLink's TLS "
-        "certificate (or engine.insecure_non_loopback=true if TLS is terminated outside Flower)"
-    )
-
-
-def _validate_address(key: str, address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: expected host:port, e.g. 127.0.0.1:8000, got {address!r}")
-
-
-def _validate_device(spec: str) -> None:
-    import torch
-
-    if spec == "auto":
-        return
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"model.device: {spec!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device: {spec!r} requested but CUDA is not available on this machine; use auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"model.device: {spec!r} requested but MPS is not available on this machine; use auto or cpu")
-
-
-def _validate_data(config: Config) -> None:
-    """The data.* checks; the ones that need the prompts themselves are raised by `firm.data.federated_prompts`."""
-    from firm.data import SOURCES, PromptFileError, federated_prompts
-
-    data, num_clients = config.data, config.federation.num_clients
-    if not data.sources:
-        raise ConfigError(f"data.sources: at least one source is required; allowed: {', '.join(SOURCES)} or a JSONL file path")
-    for i, source in enumerate(data.sources):
-        if source not in SOURCES and not Path(source).is_file():
-            raise ConfigError(
-                f"data.sources[{i}]: unknown source {source!r} and no such file; allowed: {', '.join(SOURCES)} or a JSONL file path"
-            )
-    if not data.dirichlet_alpha > 0:
-        raise ConfigError(f"data.dirichlet_alpha: must be > 0, got {data.dirichlet_alpha}")
-    if data.max_prompts_per_source < 0:
-        raise ConfigError(f"data.max_prompts_per_source: must be >= 0 (0 = all), got {data.max_prompts_per_source}")
-    if data.eval_provocative_share > 1:
-        raise ConfigError(
-            f"data.eval_provocative_share: must be <= 1 (negative = the pooled share), got {data.eval_provocative_share}"
-        )
-    for i, ratio in enumerate(data.provocative_ratios):
-        if not 0 <= ratio <= 1:
-            raise ConfigError(f"data.provocative_ratios[{i}]: must be in [0, 1], got {ratio}")
-    try:
-        federated_prompts(data, num_clients, config.eval.num_prompts, config.federation.seed)
-    except PromptFileError as err:
-        raise ConfigError(f"data.sources: {err}") from None
 
 
 # --------------------------------------------------------------------------- files and overrides
@@ -712,8 +421,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- file (TOML or YAML) <- `key=value` overrides, then type checks and validation."""
+def read_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- file (TOML or YAML) <- `key=value` overrides, with keys and types checked; not the
+    values: `firm.validation.load_config` is this and `validate`, what the CLI and `firm.load_config` use."""
     data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
     for text in overrides:
         parts, value = parse_override(text)

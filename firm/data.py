@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firm.config import ConfigError, DataConfig
+from firm.config import Config, ConfigError, DataConfig
 from firm.prompts import BUILTIN_PROMPTS, PROVOCATIVE_PROMPTS
 from firm.seeding import Stream, numpy_rng
 
@@ -307,7 +307,7 @@ def provocative_counts(num_plain: int, ratio: float, supply: int) -> tuple[int, 
 def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed: int) -> FederatedPrompts:
     """Pool -> held-out set -> partition -> provocation mixing (module docstring); infeasible data raises ConfigError.
 
-    `config` is assumed to have passed `firm.config.validate`'s field checks; this function
+    `config` is assumed to have passed `firm.validation.validate`'s field checks; this function
     raises the checks that need the prompts themselves (too few prompts, topics, provocative prompts).
     """
     ratios = (
@@ -381,3 +381,30 @@ def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed:
         uses[drawn] += 1
         mixed.append(tuple([shard[i] for i in kept] + [supply[i] for i in drawn]))
     return FederatedPrompts(clients=tuple(mixed), eval=eval_set)
+
+
+def validate_config(config: Config) -> None:
+    """The data.* checks; the ones that need the prompts themselves are raised by `firm.data.federated_prompts`."""
+    data, num_clients = config.data, config.federation.num_clients
+    if not data.sources:
+        raise ConfigError(f"data.sources: at least one source is required; allowed: {', '.join(SOURCES)} or a JSONL file path")
+    for i, source in enumerate(data.sources):
+        if source not in SOURCES and not Path(source).is_file():
+            raise ConfigError(
+                f"data.sources[{i}]: unknown source {source!r} and no such file; allowed: {', '.join(SOURCES)} or a JSONL file path"
+            )
+    if not data.dirichlet_alpha > 0:
+        raise ConfigError(f"data.dirichlet_alpha: must be > 0, got {data.dirichlet_alpha}")
+    if data.max_prompts_per_source < 0:
+        raise ConfigError(f"data.max_prompts_per_source: must be >= 0 (0 = all), got {data.max_prompts_per_source}")
+    if data.eval_provocative_share > 1:
+        raise ConfigError(
+            f"data.eval_provocative_share: must be <= 1 (negative = the pooled share), got {data.eval_provocative_share}"
+        )
+    for i, ratio in enumerate(data.provocative_ratios):
+        if not 0 <= ratio <= 1:
+            raise ConfigError(f"data.provocative_ratios[{i}]: must be in [0, 1], got {ratio}")
+    try:
+        federated_prompts(data, num_clients, config.eval.num_prompts, config.federation.seed)
+    except PromptFileError as err:
+        raise ConfigError(f"data.sources: {err}") from None

@@ -1,4 +1,4 @@
-"""Evaluation of the global adapter on the held-out prompts (DESIGN.md section 5).
+"""Evaluation of the global adapter on the held-out prompts (docs/design.md section 6).
 
 - `eval.<objective>`: mean reward of completions sampled on the held-out prompts with a fixed
   generator (the same for every round and algorithm, so curves compare like with like).
@@ -16,10 +16,11 @@ from collections.abc import Sequence
 import torch
 
 from firm.data import Prompt
+from firm.logprobs import completion_logits
 from firm.objectives import Objective, score
 from firm.policy import Policy
 from firm.policy_gradient import masked_rows
-from firm.rollout import completion_logits, sample
+from firm.rollout import sample
 from firm.seeding import Stream, torch_generator
 
 EVAL_CHUNK = 8

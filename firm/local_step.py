@@ -1,4 +1,4 @@
-"""The local step shared by FIRM and its in-client baselines (DESIGN.md section 2), over any problem.
+"""The local step shared by FIRM and its in-client baselines (docs/design.md section 2), over any problem.
 
 One local step on a client:
     1. problem = sample_problem(step)       # LM: sample B x G completions, score, advantages [B, G, M]

@@ -1,4 +1,4 @@
-"""Pareto fronts and the hypervolume of reward vectors, for MAXIMISATION (DESIGN.md section 5).
+"""Pareto fronts and the hypervolume of reward vectors, for MAXIMISATION (docs/design.md section 6).
 
 The hypervolume (HV) of a set of points P in [0, 1]^M with reference point r is the Lebesgue
 measure of the region they dominate:
@@ -13,9 +13,10 @@ upper bound on every objective.
 A hypervolume is comparable only with another one computed under the SAME normalisation: the
 default bounds are the min and max over the points given, so normalising each algorithm's points
 on their own would give each its own unit. `hypervolume_report` therefore normalises the points of
-all algorithms together and writes the bounds and the reference next to the numbers. For the same
-reason, under min-max bounds adding a point can move a bound and change the HV of the others;
-monotonicity and "dominated points change nothing" hold for a fixed normalisation.
+all algorithms together and writes the bounds and the reference next to the numbers;
+`hypervolume_by_round` likewise normalises every point of every algorithm at every round together.
+For the same reason, under min-max bounds adding a point can move a bound and change the HV of the
+others; monotonicity and "dominated points change nothing" hold for a fixed normalisation.
 
 moocore computes the exact HV (`moocore.hypervolume`, maximise=True) and the non-dominated mask
 (`moocore.is_nondominated`, maximise=True, keep_weakly=True); this module only validates inputs,
@@ -24,6 +25,8 @@ normalises and serialises.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +154,7 @@ def hypervolume(points: npt.ArrayLike, normalization: Normalization, reference: 
 
 
 def hypervolume_report(
-    points_by_name: dict[str, npt.ArrayLike], lower: npt.ArrayLike | None = None, upper: npt.ArrayLike | None = None
+    points_by_name: Mapping[str, npt.ArrayLike], lower: npt.ArrayLike | None = None, upper: npt.ArrayLike | None = None
 ) -> dict[str, Any]:
     """Hypervolume per name (algorithm) under ONE normalisation of all their points together.
 
@@ -182,3 +185,47 @@ def hypervolume_report(
         "hypervolume": {name: hypervolume(a, normalization, reference) for name, a in arrays.items()},
         "front": {name: np.flatnonzero(non_dominated(a)).tolist() for name, a in arrays.items()},
     }
+
+
+def hypervolume_by_round(
+    evals_by_name: Mapping[str, Sequence[Mapping[int, Sequence[float]]]],
+) -> tuple[dict[str, dict[int, float]], Normalization | None]:
+    """Hypervolume per name (algorithm) and round under ONE min-max normalisation over every vector
+    of every point at every round, all names together (so the rounds and the names share one unit).
+
+    evals_by_name[name][k][round]  # [M]: point k's rewards at that round. A round counts for a name
+    only if every one of its points has a vector then (fewer points would lower the HV); a name with
+    no points is left out. Returns ({name: {round: HV}}, the normalisation), or ({}, None) without
+    any vector.
+    """
+    every = [v for per_point in evals_by_name.values() for evals in per_point for v in evals.values()]
+    if not every:
+        return {}, None
+    normalization = Normalization.from_points(every)
+    out: dict[str, dict[int, float]] = {}
+    for name, per_point in evals_by_name.items():
+        if per_point:
+            rounds = sorted(set.intersection(*(set(evals) for evals in per_point)))
+            out[name] = {r: hypervolume([evals[r] for evals in per_point], normalization) for r in rounds}
+    return out, normalization
+
+
+def preference_grid(num_objectives: int, divisions: int) -> list[tuple[float, ...]]:
+    """Evenly spaced points of the simplex: every k / divisions with non-negative integers k summing to divisions."""
+    if num_objectives < 1 or divisions < 1:
+        raise ValueError(f"need num_objectives >= 1 and divisions >= 1, got {num_objectives}, {divisions}")
+    points = [
+        tuple(k / divisions for k in combo)
+        for combo in itertools.product(range(divisions + 1), repeat=num_objectives)
+        if sum(combo) == divisions
+    ]
+    return sorted(points, reverse=True)  # objective 1's weight from high to low
+
+
+def pareto_summary(finals: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, Any] | None:
+    """Hypervolume per algorithm of its final eval vectors finals[algorithm]  # [N, M], all algorithms
+    normalised together (`hypervolume_report`): sweep.json's "pareto", and what `firm compare`
+    shows for a sweep that has not written it yet. An algorithm without vectors is left out; None when
+    none has any."""
+    nonempty = {a: vectors for a, vectors in finals.items() if vectors}
+    return hypervolume_report(nonempty) if nonempty else None

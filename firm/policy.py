@@ -2,7 +2,7 @@
 
 pi_theta = base model + LoRA adapter theta (the only trainable and the only communicated
 parameters). pi_ref = the same model with the adapter disabled (`model.disable_adapter()`), so
-the reference costs no second copy of the weights (DESIGN.md section 1).
+the reference costs no second copy of the weights (docs/design.md section 1).
 
 `tiny` builds a randomly initialised 2-layer Llama with its own word-level tokenizer from code,
 with no download: it is what tests and CI use.
@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from firm.codec import Adapter
-from firm.config import LoraConfig, ModelConfig
+from firm.config import ConfigError, LoraConfig, ModelConfig
 from firm.data import BUILTIN_PROMPTS
 
 TINY_EXTRA_WORDS = (
@@ -289,3 +289,17 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"lora.target_modules {list(lora_cfg.target_modules)} matched no module of {model_cfg.name}")
     return Policy(model=model, tokenizer=tokenizer, device=device, name=model_cfg.name)
+
+
+def validate_device(spec: str) -> None:
+    """`model.device`: auto, or a torch device this machine has."""
+    if spec == "auto":
+        return
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"model.device: {spec!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {spec!r} requested but CUDA is not available on this machine; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device: {spec!r} requested but MPS is not available on this machine; use auto or cpu")

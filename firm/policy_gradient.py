@@ -1,4 +1,4 @@
-"""The per-objective policy-gradient problem of one rollout batch (DESIGN.md section 2, steps 1-5).
+"""The per-objective policy-gradient problem of one rollout batch (docs/design.md sections 2.1-2.5).
 
 For a batch of B prompts x G samples (S = B * G sequences, T completion tokens, N = number of
 real completion tokens in the batch):
@@ -10,7 +10,7 @@ real completion tokens in the batch):
     KL          = (1/N) sum_{s,t} k3[s, t],  k3 = exp(ref - logp) - (ref - logp) - 1    (Schulman's k3)
     f_m = L_m + beta_kl KL,   g_m = df_m / dtheta                             (LoRA parameters only)
 
-The KL term is common to all objectives (DESIGN.md section 2, step 4) and part of each objective
+The KL term is common to all objectives (docs/design.md section 2.4) and part of each objective
 f_{i,m} = -J_{i,m} (section 1), so the Gram matrix is that of the gradients of the objectives being
 traded off, and the combined direction sum_m lambda_m g_m = sum_m lambda_m dL_m/dtheta +
 beta_kl dKL/dtheta is section 2's step 7 for any lambda on the simplex. It costs M gradient
@@ -30,11 +30,11 @@ into one cotangent and runs one backward. Tests check both against autograd on t
 
 On the KL term: as in GRPO, the k3 estimator is minimised on samples from pi_theta without
 reweighting; the expected gradient of that loss is the gradient of KL(pi_ref || pi_theta), the
-reverse direction of DESIGN.md section 1's KL(pi_theta || pi_ref). The two agree to second order
+reverse direction of docs/design.md section 1's KL(pi_theta || pi_ref). The two agree to second order
 near the reference, which is where beta_kl keeps the policy; the logged `kl` (evaluation) is the
 exact KL(pi_theta || pi_ref).
 
-Speed (docs/performance.md): the rollout uses `rollout.engine` / `rollout.precision`, the two
+Speed (docs/performance.md): the rollout uses `rollout.sampler` / `rollout.precision`, the two
 forwards use `algorithm.logprobs` (`fast`: prompt prefix once per prompt and the fused LM head of
 `firm.rollout`), all equal to the plain paths to float rounding except the int8 sampler, whose
 policy mu differs from pi_theta: its log-probs become logp_old, so rho = pi_theta / mu corrects
@@ -53,9 +53,10 @@ import torch
 
 from firm.data import Prompt
 from firm.local_step import Timer, flatten
+from firm.logprobs import LogprobMethod, token_logprobs
 from firm.objectives import Objective, score
 from firm.policy import Policy
-from firm.rollout import Engine, LogprobMethod, Precision, Rollout, sample, token_logprobs
+from firm.rollout import Precision, Rollout, SamplerKind, sample
 from firm.seeding import Stream, derive_seed
 
 
@@ -82,7 +83,7 @@ def masked_rows(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
 
 
 class PolicyGradientProblem:
-    """One rollout batch on one client, with the per-objective losses of DESIGN.md section 2."""
+    """One rollout batch on one client, with the per-objective losses of docs/design.md section 2."""
 
     def __init__(
         self,
@@ -98,7 +99,7 @@ class PolicyGradientProblem:
         generator: torch.Generator,
         vjp: Literal["loop", "batched"] = "loop",
         timer: Timer | None = None,
-        engine: Engine = "fast",
+        sampler: SamplerKind = "fast",
         precision: Precision = "model",
         logprobs: LogprobMethod = "fast",
         dropout_seed: int | None = None,
@@ -123,7 +124,7 @@ class PolicyGradientProblem:
                 max_new_tokens,
                 temperature,
                 generator,
-                engine=engine,
+                sampler=sampler,
                 precision=precision,
             )
         device = policy.device

@@ -1,4 +1,4 @@
-"""Non-federated references (DESIGN.md section 4): what pooling the data, or not cooperating, would give.
+"""Non-federated references (docs/design.md section 5): what pooling the data, or not cooperating, would give.
 
 - `centralized`: ONE learner on the pooled training prompts of all clients (the held-out set is
   the same as in the federated run). Per round it takes clients_per_round x K local steps, so it
@@ -20,15 +20,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-from firm import __version__
-from firm.config import Config, validate
+from firm.config import Config
 from firm.data import FederatedPrompts, federated_prompts
-from firm.rundir import RunDir, write_atomic
+from firm.rundir import RunDir, run_name, write_atomic
 from firm.train import RunResult, run
+from firm.validation import validate
+from firm.version import __version__
 
 
 def _single_learner(config: Config, local_steps: int, output_dir: str, output_name: str) -> Config:
@@ -49,7 +49,7 @@ def run_centralized(config: Config) -> RunResult:
     fed = config.federation
     split = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed)
     pooled = FederatedPrompts(clients=(tuple(p for shard in split.clients for p in shard),), eval=split.eval)
-    name = config.output.name or f"centralized-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name(config, "centralized")
     single = _single_learner(config, config.algorithm.local_steps * fed.clients_per_round, config.output.dir, name)
     result = run(single, prompts=pooled, communicate=False)
     result.summary.update(reference="centralized", reference_rule=config.algorithm.reference_rule)
@@ -71,7 +71,7 @@ def run_local(config: Config) -> RunResult:
     validate(config)
     fed = config.federation
     split = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed)
-    name = config.output.name or f"local-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name(config, "local")
     parent = RunDir(dataclasses.replace(config, output=dataclasses.replace(config.output, name=name)), __version__)
     clients: list[RunResult] = []
     for c, shard in enumerate(split.clients):
@@ -114,4 +114,5 @@ def run_local(config: Config) -> RunResult:
     return RunResult(run_dir=parent.path, final_adapter={}, metrics=metrics, summary={**summary, "final_eval_mean": final})
 
 
-REFERENCES: dict[str, Callable[[Config], RunResult]] = {"centralized": run_centralized, "local": run_local}
+REFERENCE_RUNS: dict[str, Callable[[Config], RunResult]] = {"centralized": run_centralized, "local": run_local}
+"""`algorithm.name` -> its runner, for the names in `firm.config.REFERENCES` (dispatched by firm.launch)."""

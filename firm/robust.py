@@ -40,7 +40,7 @@ import torch
 
 from firm.aggregation import RunningMean
 from firm.codec import Adapter
-from firm.config import AggregationConfig, Config
+from firm.config import REFERENCES, AggregationConfig, Config, ConfigError
 
 
 class RoundFailed(RuntimeError):
@@ -167,7 +167,7 @@ def screen_probes(
     """A round's probes (the first trip of a two-round-trip algorithm, FedCMOO) screened as updates are.
 
     Per probe: the algorithm's own layout check (`check`: names, dtypes, shapes, index ranges,
-    finite values; `TwoRoundTrips.check_probe`) and the sample count the server asked for; then
+    finite values; `Prober.check_probe`) and the sample count the server asked for; then
     the norm screen over the probes that passed, on their values (the floating-point tensors:
     top-k indices are positions, not values). Returns the passing probes and why the others failed.
     """
@@ -359,3 +359,94 @@ def mean_aggregator(config: AggregationConfig) -> RunningMean:
     if config.rule == "mean" and config.clip_norm <= 0:
         return RunningMean()
     return RobustMean(config.rule, config.trim, config.clip_norm)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def validate_config(config: Config) -> None:
+    """Refuse the aggregation settings that could not act in any round (docs/reliability.md, "Settings that need enough clients")."""
+    agg, name, per_round = config.aggregation, config.algorithm.name, config.federation.clients_per_round
+    if not 0 <= agg.trim < 0.5:
+        raise ConfigError(f"aggregation.trim: must be in [0, 0.5), got {agg.trim}")
+    if name in ("fmgda", "fedcmoo"):
+        if agg.rule != "mean":
+            raise ConfigError(
+                f"aggregation.rule: {agg.rule!r} is for firm, fedavg and mgda; {name} aggregates with its own sample-weighted means, use aggregation.rule=mean"
+            )
+        if agg.clip_norm > 0:
+            raise ConfigError(
+                f"aggregation.clip_norm: {name} does not clip (only firm, fedavg and mgda do); set aggregation.clip_norm=0 "
+                "(aggregation.max_norm_ratio still rejects outsized updates) or use another algorithm"
+            )
+    if name in REFERENCES and agg.rule != "mean":
+        raise ConfigError(
+            f"aggregation.rule: {agg.rule!r} does nothing for the reference {name!r} (one learner, one delta per round); use aggregation.rule=mean"
+        )
+    if agg.rule == "median" and per_round < 3:
+        raise ConfigError(
+            f"aggregation.rule: 'median' needs 3 or more updates per round to outvote a bad one, and federation.clients_per_round = {per_round} "
+            "(the median of 2 is their mean); raise federation.clients_per_round or use aggregation.rule=mean"
+        )
+    if agg.rule == "trimmed_mean" and _trimmed_per_end(agg.trim, per_round) == 0:
+        fixes = [f"aggregation.trim to {_least_trim(per_round):g}"] if per_round >= 3 else []
+        if agg.trim > 0:
+            fixes.append(f"federation.clients_per_round to {_fewest_trimmed(agg.trim)}")
+        if not fixes:  # trim 0 of 2: no trim below 0.5 drops one of 2
+            fixes.append(f"federation.clients_per_round to 3 and aggregation.trim to {_least_trim(3):g}")
+        raise ConfigError(
+            f"aggregation.trim: {agg.trim:g} of federation.clients_per_round = {per_round} updates trims 0 at each end, so 'trimmed_mean' "
+            f"is their plain mean; raise {' or '.join(fixes)}, or use aggregation.rule=mean"
+        )
+
+
+def _trimmed_per_end(trim: float, count: int) -> int:
+    """Updates `trimmed_mean` drops at each end of every coordinate out of `count` (as firm.robust.RobustMean: int(trim x n))."""
+    return int(trim * count)
+
+
+def _fewest_trimmed(trim: float) -> int:
+    """The fewest updates of which `trim` (> 0) drops at least one at each end."""
+    count = max(1, math.ceil(1 / trim))
+    while _trimmed_per_end(trim, count) < 1:  # 1 / trim rounded in float
+        count += 1
+    return count
+
+
+def _least_trim(count: int) -> float:
+    """The smallest trim, in hundredths, that drops at least one of `count` (>= 3) updates at each end."""
+    hundredths = math.ceil(100 / count)
+    while _trimmed_per_end(hundredths / 100, count) < 1:
+        hundredths += 1
+    return hundredths / 100
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Aggregation settings that are valid but act in only some rounds (or, set explicitly, in none): one line each.
+
+    `validate` prints each once per process. The default norm screen at fewer than 3 clients per
+    round is documented rather than warned about, so the default run prints nothing.
+    """
+    agg, fed = config.aggregation, config.federation
+    per_round = fed.clients_per_round
+    fewest = fed.min_clients or per_round  # the fewest updates a round that counts can aggregate
+    notes: list[str] = []
+    if agg.max_norm_ratio > 0:
+        if per_round < 3 and agg.max_norm_ratio != AggregationConfig().max_norm_ratio:
+            notes.append(
+                f"aggregation.max_norm_ratio: the norm screen needs 3 or more updates in a round and federation.clients_per_round = {per_round}, "
+                "so it never runs; set aggregation.max_norm_ratio=0 or raise federation.clients_per_round"
+            )
+        elif per_round >= 3 and fewest < 3:
+            notes.append(
+                f"aggregation.max_norm_ratio: a round left with fewer than 3 updates (federation.min_clients = {fewest}) is not screened"
+            )
+    if agg.rule == "median" and fewest < 3 <= per_round:
+        notes.append(
+            f"aggregation.rule: a round left with fewer than 3 updates (federation.min_clients = {fewest}) takes their plain median (of 2: their mean)"
+        )
+    if agg.rule == "trimmed_mean" and agg.trim > 0 and fewest < _fewest_trimmed(agg.trim) <= per_round:
+        notes.append(
+            f"aggregation.trim: a round left with fewer than {_fewest_trimmed(agg.trim)} updates (federation.min_clients = {fewest}) trims none of them"
+        )
+    return notes

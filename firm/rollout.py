@@ -1,11 +1,11 @@
 """Batched sampling with a KV cache, and per-token log-probabilities of the sampled completions.
 
-Sampling (DESIGN.md section 2, step 1): the B prompts are prefilled once, their KV cache is
+Sampling (docs/design.md section 2.1): the B prompts are prefilled once, their KV cache is
 repeated G times (the G samples of a prompt share its prefix), then all S = B * G sequences decode
 together, one token per forward, under `torch.inference_mode()`. Randomness comes only from the
 `torch.Generator` passed in, so a rollout is a pure function of (adapter, prompts, generator seed).
 
-Two engines (`rollout.engine`):
+Two samplers (`rollout.sampler`):
 - `plain`, the reference: the peft model as it is (LoRA computed beside each frozen layer), a
   `DynamicCache` that grows by concatenation, transformers' mask built at every step.
 - `fast` (default): the same computation with less work per token. The LoRA delta is merged into
@@ -24,14 +24,7 @@ PPO), so the loss still estimates the gradient at pi_theta (docs/performance.md)
 The sampled ids are cloned out of inference mode so that the training forward can save them for
 backward (inference tensors cannot be saved).
 
-Log-probabilities (`token_logprobs`, `algorithm.logprobs`): `plain` runs the whole [S, P + T]
-batch through the model and takes log_softmax over the vocabulary at every completion position.
-`fast` computes the same numbers with less work: the prompt prefix goes through the model once per
-prompt (B rows, not S) and its KV cache is repeated for the G completions (autograd sums the G
-gradients back into the prefix), and the LM head is a fused function of the final hidden states
-that keeps, per token, only d logp / d h = (w_y - E_p[w]) / tau instead of the [S, T, V] logits
-(section 9: the vocabulary is 49,152 wide), so its backward is one multiply per token for each of
-the M per-objective cotangents.
+Log-probabilities of the sampled completions are `firm.logprobs`'.
 """
 
 from __future__ import annotations
@@ -51,11 +44,8 @@ from transformers import DynamicCache, StaticCache
 
 from firm.policy import Policy
 
-Engine = Literal["fast", "plain"]
+SamplerKind = Literal["fast", "plain"]
 Precision = Literal["model", "int8"]
-
-HEAD_CHUNK_ROWS = 256
-"""Token positions per chunk in the fused log-prob head (bounds the [rows, V] logits held at once)."""
 
 
 @dataclass(frozen=True)
@@ -208,20 +198,20 @@ def sample(
     temperature: float,
     generator: torch.Generator,
     *,
-    engine: Engine = "fast",
+    sampler: SamplerKind = "fast",
     precision: Precision = "model",
 ) -> Rollout:
     """Sample `samples_per_prompt` completions for each prompt with the current adapter.
 
-    `engine` and `precision` choose how (module docstring); with precision `int8` the rollout
+    `sampler` and `precision` choose how (module docstring); with precision `int8` the rollout
     carries the sampler's log-probs (`behaviour_logprobs`) for the importance ratio.
     """
-    if engine not in ("fast", "plain"):
-        raise ValueError(f"rollout engine {engine!r}; allowed: fast, plain")
+    if sampler not in ("fast", "plain"):
+        raise ValueError(f"rollout sampler {sampler!r}; allowed: fast, plain")
     if precision not in ("model", "int8"):
         raise ValueError(f"rollout precision {precision!r}; allowed: model, int8")
-    if precision == "int8" and engine == "plain":
-        raise ValueError("rollout.precision = 'int8' needs rollout.engine = 'fast'")
+    if precision == "int8" and sampler == "plain":
+        raise ValueError("rollout.precision = 'int8' needs rollout.sampler = 'fast'")
     tok, device = policy.tokenizer, policy.device
     texts = [policy.format_prompt(p) for p in prompts]
     # A chat template already writes the special tokens; raw prompts get the tokenizer's own (e.g. BOS).
@@ -229,11 +219,11 @@ def sample(
     prompt_ids = enc["input_ids"].to(device)  # [B, P]
     prompt_mask = enc["attention_mask"].to(device)  # [B, P]
     eos = torch.tensor(_eos_ids(policy), device=device)
-    sampler = _Sampler(len(prompts) * samples_per_prompt, temperature, generator, eos, tok.pad_token_id)
-    args = (prompt_ids, prompt_mask, samples_per_prompt, max_new_tokens, sampler)
+    state = _Sampler(len(prompts) * samples_per_prompt, temperature, generator, eos, tok.pad_token_id)
+    args = (prompt_ids, prompt_mask, samples_per_prompt, max_new_tokens, state)
     behaviour = None
     with torch.inference_mode():
-        if engine == "plain":
+        if sampler == "plain":
             completion, alive, _ = _decode_dynamic(policy.model, *args)
         elif precision == "int8":
             completion, alive, chosen = _decode_static(int8_sampler(policy).model, *args)
@@ -292,8 +282,8 @@ class _Sampler:
         return torch.stack(self.tokens, dim=1), torch.stack(self.alive, dim=1), torch.stack(self.chosen, dim=1)
 
 
-def _cache_arg(model: Any, cache: Any) -> dict[str, Any]:
-    """`model(..., **_cache_arg(model, cache))` hands the KV cache over under the name `model`'s forward takes.
+def cache_arg(model: Any, cache: Any) -> dict[str, Any]:
+    """`model(..., **cache_arg(model, cache))` hands the KV cache over under the name `model`'s forward takes.
 
     Recent transformers 5 releases (5.24 here) call it `cache` and warn (FutureWarning, at every
     call) on the old name `past_key_values`, which goes in 5.40; releases before the rename know only
@@ -313,7 +303,7 @@ def _prefill(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ca
         position_ids=positions,
         use_cache=True,
         logits_to_keep=1,
-        **_cache_arg(model, cache),
+        **cache_arg(model, cache),
     )
     return out.logits[:, -1], positions
 
@@ -328,7 +318,7 @@ def _decode_dynamic(
     logits = logits.repeat_interleave(group, dim=0)  # [S, V]
     mask = prompt_mask.repeat_interleave(group, dim=0)  # [S, P]
     next_pos = positions[:, -1:].repeat_interleave(group, dim=0) + 1  # [S, 1]
-    kv = _cache_arg(model, cache)
+    kv = cache_arg(model, cache)
     for step in range(max_new_tokens):
         token = sampler.draw(logits)
         if step == max_new_tokens - 1 or sampler.done():
@@ -359,7 +349,7 @@ def _decode_static(
     mask[:, 0, 0, :prompt_len] = prompt_mask.repeat_interleave(group, dim=0).bool()
     logits = logits.repeat_interleave(group, dim=0)  # [S, V]
     next_pos = positions[:, -1:].repeat_interleave(group, dim=0) + 1  # [S, 1]
-    kv = _cache_arg(model, cache)
+    kv = cache_arg(model, cache)
     for step in range(max_new_tokens):
         token = sampler.draw(logits)
         if step == max_new_tokens - 1 or sampler.done():
@@ -369,155 +359,3 @@ def _decode_static(
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
     return sampler.result()
-
-
-LogprobMethod = Literal["fast", "plain"]
-
-
-def completion_logits(policy: Policy, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """Logits / temperature at the positions that predict each completion token (the whole batch through the model).
-
-    Returns:
-        logits  # [S, T, V] float32
-    """
-    positions = (rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    num_completion = rollout.completion_mask.shape[1]
-    # logits_to_keep: only the last T + 1 positions go through the LM head.
-    out = policy.model(
-        input_ids=rollout.input_ids,
-        attention_mask=rollout.attention_mask,
-        position_ids=positions,
-        logits_to_keep=num_completion + 1,
-        use_cache=False,
-    )
-    return out.logits[:, :-1].float() / temperature
-
-
-def token_logprobs(policy: Policy, rollout: Rollout, temperature: float, method: LogprobMethod = "fast") -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of each sampled completion token under the current model.
-
-    `method` (`algorithm.logprobs`): `plain` = log_softmax of `completion_logits`; `fast` = shared
-    prompt prefix and the fused head (module docstring), the same values to float rounding. `fast`
-    falls back to `plain` for models whose LM head is not a plain frozen bias-free linear layer
-    (a LoRA on the head, logit scaling or soft-capping).
-
-    Returns:
-        logprobs  # [S, T]; entries where completion_mask is 0 are arbitrary: mask them.
-    """
-    if method not in ("fast", "plain"):
-        raise ValueError(f"log-prob method {method!r}; allowed: fast, plain")
-    head = _plain_head(policy)
-    if method == "plain" or head is None:
-        logits = completion_logits(policy, rollout, temperature)
-        completion = rollout.input_ids[:, rollout.prompt_len :]
-        return torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
-    hidden = _completion_hidden(policy, rollout)  # [S, T, H]
-    completion = rollout.input_ids[:, rollout.prompt_len :]
-    flat = fused_token_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, completion.reshape(-1), temperature)
-    return flat.view(completion.shape)
-
-
-def _plain_head(policy: Policy) -> torch.nn.Linear | None:
-    """The LM head if the fused head computes exactly what the model does, else None."""
-    lm: Any = policy.model.get_base_model()
-    head = lm.get_output_embeddings()
-    config = lm.config
-    plain = (
-        type(head) is torch.nn.Linear
-        and head.bias is None
-        and not head.weight.requires_grad
-        and not getattr(config, "final_logit_softcapping", None)
-        and getattr(config, "logit_scale", None) in (None, 1.0)
-    )
-    return head if plain else None
-
-
-def _completion_hidden(policy: Policy, rollout: Rollout) -> torch.Tensor:
-    """Final hidden states at the positions that predict each completion token, the prefix run once per prompt.
-
-    Returns:
-        hidden  # [S, T, H]: row t predicts completion token t
-    """
-    lm: Any = policy.model.get_base_model()
-    body = lm.base_model  # the decoder stack (with the LoRA layers in it), final norm included
-    group, prompt_len = rollout.samples_per_prompt, rollout.prompt_len
-    prompt_ids = rollout.input_ids[::group, :prompt_len]  # [B, P]
-    prompt_mask = rollout.attention_mask[::group, :prompt_len]
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=lm.config)
-    out = body(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **_cache_arg(body, cache)
-    )
-    last = out.last_hidden_state[:, -1:].repeat_interleave(group, dim=0)  # [S, 1, H] predicts token 0
-    num_completion = rollout.completion_mask.shape[1]
-    if num_completion == 1:
-        return last
-    cache.batch_repeat_interleave(group)  # autograd sums the G completions' gradients into the prefix
-    steps = torch.arange(1, num_completion, device=positions.device)
-    completion_pos = positions[:, -1:].repeat_interleave(group, dim=0) + steps  # [S, T - 1]
-    out = body(
-        input_ids=rollout.input_ids[:, prompt_len:-1],
-        attention_mask=rollout.attention_mask[:, :-1],
-        position_ids=completion_pos,
-        use_cache=True,
-        **_cache_arg(body, cache),
-    )
-    return torch.cat([last, out.last_hidden_state], dim=1)
-
-
-class _FusedTokenLogprob(torch.autograd.Function):
-    """logp[r] = log softmax(h_r W^T / tau)[y_r], saving d logp / d h_r = (w_{y_r} - E_{p_r}[w]) / tau."""
-
-    generate_vmap_rule = True  # the backward is one multiply: vmap (is_grads_batched) maps it directly
-
-    @staticmethod
-    def forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float) -> Any:
-        return _head_chunks(hidden, weight, targets, temperature, with_grad=True)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-        hidden = inputs[0]
-        ctx.hidden_dtype = hidden.dtype
-        ctx.save_for_backward(output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx: Any, grad_logp: torch.Tensor, grad_unused: torch.Tensor) -> Any:
-        (dlogp_dh,) = ctx.saved_tensors
-        return (grad_logp[..., None] * dlogp_dh).to(ctx.hidden_dtype), None, None, None
-
-
-def _head_chunks(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float, with_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp [R], d logp / d h [R, H] or an empty tensor), HEAD_CHUNK_ROWS rows of [R, V] logits at a time."""
-    rows = hidden.shape[0]
-    logp = torch.empty(rows, dtype=torch.float32, device=hidden.device)
-    dlogp_dh = torch.empty((rows, hidden.shape[1]) if with_grad else (0,), dtype=torch.float32, device=hidden.device)
-    for start in range(0, rows, HEAD_CHUNK_ROWS):
-        h, y = hidden[start : start + HEAD_CHUNK_ROWS], targets[start : start + HEAD_CHUNK_ROWS]
-        z = F.linear(h, weight).float() / temperature  # [c, V]
-        lse = torch.logsumexp(z, dim=-1)
-        logp[start : start + len(y)] = z.gather(-1, y[:, None]).squeeze(-1) - lse
-        if with_grad:
-            p = torch.exp(z - lse[:, None])  # softmax, [c, V]
-            expected = (p.to(weight.dtype) @ weight).float()  # E_p[w], [c, H]
-            dlogp_dh[start : start + len(y)] = (weight[y].float() - expected) / temperature
-    return logp, dlogp_dh
-
-
-def fused_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(hidden W^T / tau)[targets] per row, without keeping [rows, V] logits for backward.
-
-    Args:
-        hidden: [R, H] final hidden states; weight: [V, H] the frozen LM head; targets: [R] token ids.
-
-    Returns:
-        logp  # [R] float32; differentiable in `hidden` (not in `weight`)
-    """
-    if weight.requires_grad:
-        raise ValueError("the fused log-prob head needs a frozen LM head")
-    if hidden.requires_grad and torch.is_grad_enabled():
-        logp, _ = _FusedTokenLogprob.apply(hidden, weight, targets, temperature)
-        return logp
-    return _head_chunks(hidden, weight, targets, temperature, with_grad=False)[0]

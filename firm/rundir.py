@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md section 6): everything a run leaves behind, written safely.
+"""Plumbing: the run directory (docs/design.md section 7): everything a run leaves behind, written safely.
 
     <output.dir>/<output.name>/
         config.toml                 resolved config (loads back with `firm train --config`)
@@ -16,106 +16,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from firm.atomic import recover_replaced, replace_dir_atomic, write_atomic
 from firm.codec import Adapter
 from firm.config import Config, config_to_toml
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def default_run_name(prefix: str) -> str:
+    """`<prefix>-YYYYmmdd-HHMMSS` in local time: the name of a run, sweep or palette given no output.name."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def make_public(path: Path) -> None:
-    """Give a temp file (0600) or temp dir (0700) the modes a normal create would (0666 / 0777 minus umask).
-
-    mkstemp / mkdtemp create private entries and a rename keeps the mode, so without this a run's
-    outputs would be unreadable by teammates or a serving process running as another user.
-    """
-    mask = _umask()
-    if path.is_dir():
-        for sub in [path, *path.rglob("*")]:
-            sub.chmod((0o777 if sub.is_dir() else 0o666) & ~mask)
-    else:
-        path.chmod(0o666 & ~mask)
-
-
-ASIDE = ".replaced."
-"""Infix of the name an old directory is renamed to while `replace_dir_atomic` swaps in the new one."""
-
-
-def replace_dir_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Build a directory in a temp folder beside `target` with `fill`, then swap it in by rename.
-
-    The old `target` is renamed aside (`.<name>.replaced.*`) before the new one is renamed in and
-    removed only after: a crash between the two renames leaves the old directory aside, never
-    neither of them; `recover_replaced` puts it back.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        fill(tmp)
-        make_public(tmp)
-        aside: Path | None = None
-        if target.exists():
-            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{ASIDE}"))
-            os.replace(target, aside)  # onto the empty placeholder: a directory rename, atomic
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if aside is not None and not target.exists():
-                os.replace(aside, target)  # the swap failed: the old directory comes back
-            raise
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def recover_replaced(target: Path) -> bool:
-    """After a crash inside `replace_dir_atomic`: put the old directory back if `target` is missing.
-
-    Returns True if it did. Leftover asides beside an existing `target` (a crash after the swap,
-    before the old one was removed) are deleted. Call it only where no other process is swapping
-    `target` at the same time (a run's own checkpoints and final adapter).
-    """
-    asides = sorted(target.parent.glob(f".{target.name}{ASIDE}*"), key=lambda p: p.stat().st_mtime)
-    restored = False
-    if asides and not target.exists():
-        os.replace(asides.pop(), target)
-        restored = True
-    for leftover in asides:
-        shutil.rmtree(leftover, ignore_errors=True)
-    return restored
+def run_name(config: Config, prefix: str | None = None) -> str:
+    """`output.name`, or else a timestamped name after `prefix` (default: the algorithm's name)."""
+    return config.output.name or default_run_name(prefix or config.algorithm.name)
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used (exists and is not empty, not writable...)."""
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file via a temp name + rename (text as UTF-8), so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        make_public(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunDir:
@@ -162,7 +85,7 @@ class RunDir:
 
     def __init__(self, config: Config, version: str) -> None:
         out = config.output
-        name = out.name or f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = run_name(config)
         path = Path(out.dir) / name
         try:
             if out.name:

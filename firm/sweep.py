@@ -19,27 +19,15 @@ with a different config is refused, never overwritten.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from firm.config import Config, ConfigError, config_to_dict, validate
-
-
-def preference_grid(num_objectives: int, divisions: int) -> list[tuple[float, ...]]:
-    """Evenly spaced points of the simplex: every k / divisions with non-negative integers k summing to divisions."""
-    if num_objectives < 1 or divisions < 1:
-        raise ValueError(f"need num_objectives >= 1 and divisions >= 1, got {num_objectives}, {divisions}")
-    points = [
-        tuple(k / divisions for k in combo)
-        for combo in itertools.product(range(divisions + 1), repeat=num_objectives)
-        if sum(combo) == divisions
-    ]
-    return sorted(points, reverse=True)  # objective 1's weight from high to low
+from firm.config import Config, ConfigError, config_to_dict
+from firm.pareto import pareto_summary, preference_grid
+from firm.validation import validate
 
 
 def _sweep_key(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str, Any]:
@@ -61,7 +49,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def sweep_dir(config: Config) -> Path:
     """Where a sweep of this config lives (output.dir / output.name, or a timestamped name)."""
-    return Path(config.output.dir) / (config.output.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    from firm.rundir import run_name
+
+    return Path(config.output.dir) / run_name(config, "sweep")
 
 
 def sweep(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str, Any]:
@@ -132,18 +122,9 @@ def sweep(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str
 
 
 def _pareto(points: list[dict[str, Any]], names: list[str]) -> dict[str, Any] | None:
-    """Hypervolume per algorithm of the final eval vectors, all normalised together (firm.pareto)."""
-    try:
-        import numpy as np
-
-        from firm.pareto import hypervolume_report
-    except ImportError:
-        return None
-    by_alg: dict[str, list[list[float]]] = {}
+    """sweep.json's "pareto": `pareto_summary` of the final eval vectors of the points that have one."""
+    finals: dict[str, list[list[float]]] = {}
     for p in points:
         if p["final_eval"]:
-            by_alg.setdefault(p["algorithm"], []).append([p["final_eval"][n] for n in names])
-    if not by_alg:
-        return None
-    report: dict[str, Any] = hypervolume_report({a: np.array(v) for a, v in by_alg.items()})
-    return report
+            finals.setdefault(p["algorithm"], []).append([p["final_eval"][n] for n in names])
+    return pareto_summary(finals)

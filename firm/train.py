@@ -17,19 +17,23 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from firm import __version__, checkpoint
+from firm import checkpoint
 from firm.aggregation import weights_drift
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
+from firm.algorithms.protocol import ServerState
 from firm.codec import Adapter, encode
-from firm.config import REFERENCES, Config, LoraConfig, ModelConfig, load_config, validate
+from firm.config import REFERENCES, Config, ConfigError, LoraConfig, ModelConfig
 from firm.data import FederatedPrompts, Prompt, federated_prompts
-from firm.engines.inprocess import InProcessEngine, RoundOutcome
+from firm.engines.inprocess import InProcessEngine
+from firm.engines.server import RoundOutcome
 from firm.evaluation import base_vs_final_samples, evaluate
 from firm.objectives import Objective, resolve_objective
 from firm.policy import Policy, build_policy
 from firm.robust import RoundFailed
 from firm.rundir import RunDir, RunDirError
+from firm.validation import load_config, validate
+from firm.version import __version__
 
 if TYPE_CHECKING:
     from firm.palette import Federation, PaletteSolution
@@ -78,7 +82,9 @@ class Engine(Protocol):
 
     client_states: dict[int, dict[str, Any]]
 
-    def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome: ...
+    def run_round(
+        self, round_idx: int, global_adapter: Adapter, server_state: ServerState, on_client_done: Any = None
+    ) -> RoundOutcome: ...
 
 
 EngineFactory = Callable[[Policy, Algorithm, Sequence[tuple[str, Objective]], FederatedPrompts, Config, bool], Engine]
@@ -122,9 +128,10 @@ def run(
     `resume_from` continues the run directory from its latest checkpoint (see `resume`).
     """
     if config.algorithm.name in REFERENCES:
-        from firm import references
-
-        return references.REFERENCES[config.algorithm.name](config)
+        raise ConfigError(
+            f"algorithm.name: {config.algorithm.name!r} is a non-federated reference, run by firm.run / `firm train` "
+            "(firm.launch.run), not by firm.train.run"
+        )
     validate(config)
     start = time.perf_counter()
     fed, ev = config.federation, config.eval
@@ -153,7 +160,6 @@ def run(
             first_round, global_adapter = ckpt.round + 1, ckpt.global_adapter
             policy.set_adapter(global_adapter)
             rounds.client_states.update({int(k): v for k, v in ckpt.state.get("client_states", {}).items()})
-            _server_state(algorithm).update(ckpt.state.get("server_state", {}))
 
     def run_eval() -> tuple[dict[str, float], float]:
         ro = config.rollout
@@ -197,7 +203,7 @@ def run(
     # a round's results replace them only once its metrics row is written, so an interruption in
     # the round (its evaluation included) checkpoints, resumes and retries from a consistent state.
     client_states = copy.deepcopy(rounds.client_states)
-    server_state = copy.deepcopy(_server_state(algorithm))
+    server_state: ServerState = dict(ckpt.state.get("server_state", {})) if ckpt is not None else {}
     try:
         if ckpt is not None and ckpt.state.get("initial_eval") is not None:
             initial_eval, initial_kl = ckpt.state["initial_eval"], ckpt.state["initial_kl"]
@@ -209,12 +215,13 @@ def run(
             round_start = time.perf_counter()
             for attempt in range(1, fed.round_retries + 2):
                 try:
-                    outcome = rounds.run_round(round_idx, global_adapter, on_client_done=lambda _cid: progress.update(1))
+                    outcome = rounds.run_round(
+                        round_idx, global_adapter, server_state, on_client_done=lambda _cid: progress.update(1)
+                    )
                     break
                 except RoundFailed as err:
-                    # the failed attempt's client and server states are not kept: retry from the last completed round
+                    # the failed attempt's client states are not kept: retry from the last completed round
                     _restore(rounds.client_states, client_states)
-                    _restore(_server_state(algorithm), server_state)
                     if attempt > fed.round_retries:
                         raise
                     print(f"firm: {err}; retrying the round ({attempt} of {fed.round_retries})", file=sys.stderr)
@@ -247,7 +254,7 @@ def run(
             # The round is complete only now: its results become the state to checkpoint and resume from.
             global_adapter = outcome.global_adapter
             client_states = copy.deepcopy(rounds.client_states)
-            server_state = copy.deepcopy(_server_state(algorithm))
+            server_state = outcome.server_state
             if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
                 save_checkpoint(round_idx, global_adapter, client_states, server_state)
                 last_saved = round_idx
@@ -291,12 +298,6 @@ def run(
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
     report = _write_report(run_dir.path) if config.output.report else None
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
-
-
-def _server_state(algorithm: Algorithm) -> dict[str, Any]:
-    """The algorithm's live server state (FedCMOO's warm-start weights), or an empty dict for stateless servers."""
-    state = getattr(algorithm, "server_state", None)
-    return state if isinstance(state, dict) else {}
 
 
 def _restore(live: dict[Any, Any], saved: dict[Any, Any]) -> None:

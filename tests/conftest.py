@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-import firm.config
-from firm.config import Config, load_config
+import firm.validation
+from firm.config import Config
+from firm.validation import load_config
 
 
 def tiny_overrides(tmp_path: Path) -> list[str]:
@@ -74,14 +75,14 @@ def firm_cli(*args: str) -> CliResult:
     As the interpreter would: a `SystemExit` (argparse's exit 2) gives its code (None -> 0, a
     message -> printed, 1), and any other uncaught exception prints its traceback to stderr and
     gives 1, so `"Traceback" not in stderr` still means what it says. Each call starts with an
-    empty `firm.config._WARNED`, as a new process does, so a once-per-process warning is printed
+    empty `firm.validation._WARNED`, as a new process does, so a once-per-process warning is printed
     even if this process printed it before; the registry is put back afterwards.
     """
     from firm.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    warned = firm.config._WARNED
-    firm.config._WARNED = set()
+    warned = firm.validation._WARNED
+    firm.validation._WARNED = set()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -97,7 +98,7 @@ def firm_cli(*args: str) -> CliResult:
                 err.write(traceback.format_exc())
                 returncode = 1
     finally:
-        firm.config._WARNED = warned
+        firm.validation._WARNED = warned
     return CliResult(returncode, out.getvalue(), err.getvalue())
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from firm.report import COMPARISON_PLOTS, _hv_by_round, comparison_table, load_sweep, write_comparison
+from firm.report import COMPARISON_PLOTS, comparison_table, load_sweep, write_comparison
+from firm.report.compare_plots import _hv_by_round
 from firm.sweep import sweep
 from tests.conftest import firm_cli, tiny_config
 

@@ -25,8 +25,9 @@ from firm.compression import (
     quantize_int8,
     topk_count,
 )
-from firm.config import CompressionConfig, ConfigError, config_to_toml, field_help, load_config
+from firm.config import CompressionConfig, ConfigError, config_to_toml, field_help
 from firm.train import RunResult, run
+from firm.validation import load_config
 from tests.conftest import tiny_config
 
 INT8 = CompressionConfig(kind="int8")

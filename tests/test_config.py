@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from firm.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml, load_config
+from firm.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
+from firm.validation import load_config
 from tests.conftest import firm_cli
 
 
@@ -98,6 +99,35 @@ def test_bad_files(tmp_path: Path) -> None:
         load_config(section)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [
+        ("algorithm.normalize_deltas", "fmgda.normalize_deltas", "true"),
+        ("algorithm.fmgda_steering", "fmgda.steering", "true"),
+        ("algorithm.compression", "fedcmoo.compression", "0.25"),
+        ("algorithm.fedcmoo_steering", "fedcmoo.steering", "true"),
+    ],
+)
+def test_one_algorithms_settings_live_in_its_own_section(old: str, new: str, value: str) -> None:
+    """FMGDA's and FedCMOO's flags moved from [algorithm] to [fmgda] / [fedcmoo]; the old key names the new one."""
+    section, key = new.split(".")
+    assert str(getattr(getattr(load_config(None, [f"{new}={value}"]), section), key)).lower() == value
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{old}={value}"])
+    assert str(info.value) == f"{old} was renamed {new}"
+
+
+def test_the_renamed_sampler_key_says_its_new_name(tmp_path: Path) -> None:
+    assert load_config(None, ["rollout.sampler=plain"]).rollout.sampler == "plain"
+    old = tmp_path / "old.toml"
+    old.write_text('[rollout]\nengine = "plain"\n')  # a config (or a run's config.toml) from before the rename
+    for load in (lambda: load_config(None, ["rollout.engine=plain"]), lambda: load_config(old)):
+        with pytest.raises(ConfigError) as info:
+            load()
+        assert str(info.value) == "rollout.engine was renamed rollout.sampler"
+    assert load_config(None, ["engine.name=flower"]).engine.name == "flower"  # the federation engine keeps its name
+
+
 @pytest.mark.parametrize(("overrides", "message"), [BAD_INPUT[0], BAD_INPUT[2], BAD_INPUT[8], BAD_INPUT[11]])
 def test_cli_config_errors_exit_nonzero_without_traceback(overrides: list[str], message: str) -> None:
     proc = firm_cli("config", *overrides)
@@ -145,10 +175,10 @@ def test_robust_rules_are_accepted_where_they_act() -> None:
 @pytest.fixture
 def warnings_seen(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """A fresh record of the warnings printed so far, so each test sees its own first printing."""
-    import firm.config
+    import firm.validation
 
     seen: set[str] = set()
-    monkeypatch.setattr(firm.config, "_WARNED", seen, raising=False)
+    monkeypatch.setattr(firm.validation, "_WARNED", seen, raising=False)
     return seen
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from firm.client import prompt_batch, sample_clients
-from firm.config import ConfigError, DataConfig, load_config
+from firm.config import ConfigError, DataConfig
 from firm.data import (
     BUILTIN_PROMPTS,
     FederatedPrompts,
@@ -28,6 +28,7 @@ from firm.data import (
 )
 from firm.prompts import PROVOCATIVE_PROMPTS
 from firm.seeding import Stream, derive_seed
+from firm.validation import load_config
 
 needs_chatterbot = pytest.mark.skipif(importlib.util.find_spec("chatterbot_corpus") is None, reason="chatterbot-corpus")
 needs_chitchat = pytest.mark.skipif(importlib.util.find_spec("chitchat_dataset") is None, reason="chitchat-dataset")

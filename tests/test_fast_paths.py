@@ -7,12 +7,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from firm.config import ConfigError, load_config
+from firm.config import ConfigError
 from firm.data import Prompt
+from firm.logprobs import HEAD_CHUNK_ROWS, fused_token_logprobs, token_logprobs
 from firm.objectives import resolve_objective
 from firm.policy import Policy
 from firm.policy_gradient import PolicyGradientProblem
-from firm.rollout import HEAD_CHUNK_ROWS, fused_token_logprobs, int8_sampler, merged_lora, sample, token_logprobs
+from firm.rollout import int8_sampler, merged_lora, sample
+from firm.validation import load_config
 
 OBJECTIVES = [(n, resolve_objective(n)) for n in ("positiveness", "conciseness", "diversity")]
 PROMPTS = [Prompt("How was your day today?"), Prompt("Tell me about the ocean."), Prompt("a b")]
@@ -31,8 +33,8 @@ def trained(tiny_policy: Policy) -> Iterator[Policy]:
         tiny_policy.set_adapter(original)
 
 
-def _rollout(policy: Policy, engine: str, group: int = 4, tokens: int = 10, temperature: float = 1.0, seed: int = 1, **kw: str):  # type: ignore[no-untyped-def]
-    return sample(policy, TEXTS, group, tokens, temperature, torch.Generator().manual_seed(seed), engine=engine, **kw)  # type: ignore[arg-type]
+def _rollout(policy: Policy, sampler: str, group: int = 4, tokens: int = 10, temperature: float = 1.0, seed: int = 1, **kw: str):  # type: ignore[no-untyped-def]
+    return sample(policy, TEXTS, group, tokens, temperature, torch.Generator().manual_seed(seed), sampler=sampler, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1e-4])
@@ -171,13 +173,13 @@ def test_int8_sampler_follows_the_adapter(trained: Policy) -> None:
     assert (before - reference).abs().max() > 1e-3  # the refresh merged the adapter in one case, not the other
 
 
-def test_bad_engine_settings_are_refused(trained: Policy, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match=r"needs rollout\.engine"):
+def test_bad_fast_path_settings_are_refused(trained: Policy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"needs rollout\.sampler"):
         _rollout(trained, "plain", precision="int8")
     with pytest.raises(ValueError, match="allowed: fast, plain"):
         _rollout(trained, "turbo")
     with pytest.raises(ValueError, match="allowed: fast, plain"):
         token_logprobs(trained, _rollout(trained, "fast"), 1.0, "turbo")  # type: ignore[arg-type]
-    for bad in ("rollout.engine=turbo", "rollout.precision=int4", "algorithm.logprobs=slow"):
+    for bad in ("rollout.sampler=turbo", "rollout.precision=int4", "algorithm.logprobs=slow"):
         with pytest.raises(ConfigError):
             load_config(None, [bad])

@@ -19,7 +19,7 @@ F64 = torch.float64
 
 
 def test_topk_round_trip_by_hand() -> None:
-    from firm.algorithms.fedcmoo import topk_compress, topk_decompress
+    from firm.compression import topk_compress, topk_decompress
 
     v = torch.tensor([0.1, -3.0, 0.0, 2.0, -0.5])
     c = topk_compress(v, 2)  # the two largest magnitudes: -3 (index 1) and 2 (index 3)
@@ -42,14 +42,14 @@ def test_probe_plan_and_local_steps_on_the_toy_problem() -> None:
     probe = algorithm.client_probe({"theta": theta}, quadratic_oracle(theta, targets), {})
     probes = algorithm.new_probe_aggregator(2)
     probes.add(probe.uploads, 1.0)
-    plan = algorithm.server_plan(probes)
+    plan, state = algorithm.server_plan(probes, {})
     exact = min_norm_weights(np.array([[4.0, 0.0], [0.0, 1.0]]))
     np.testing.assert_allclose(plan["weights"].numpy(), exact, atol=1e-3)  # projected gradient, warm-started at p
     update = algorithm.client_update({"theta": theta}, quadratic_oracle(theta, targets), {}, plan=plan)
     # One SGD step with weights (0.2, 0.8): theta = -0.5 (0.2 (-2, 0) + 0.8 (0, -1)) = (0.2, 0.4).
     torch.testing.assert_close(update.upload["theta"], torch.tensor([0.2, 0.4], dtype=F64), atol=1e-3, rtol=0)
     # The next round's solve starts from these weights (warm start).
-    torch.testing.assert_close(algorithm.server_state["weights"], plan["weights"].to(F64))
+    torch.testing.assert_close(state["weights"], plan["weights"].to(F64))
 
 
 def test_steered_variant_moves_towards_the_preference() -> None:
@@ -60,12 +60,12 @@ def test_steered_variant_moves_towards_the_preference() -> None:
         algorithm = FedCmoo(2, (0.9, 0.1), 1, 1, "sgd", 0.5, 1.0, 4.0, reg)
         probes = algorithm.new_probe_aggregator(2)
         probes.add(algorithm.client_probe({"theta": theta}, quadratic_oracle(theta, targets), {}).uploads, 1.0)
-        weights.append(float(algorithm.server_plan(probes)["weights"][0]))
+        weights.append(float(algorithm.server_plan(probes, {})[0]["weights"][0]))
     assert weights[0] < weights[1] < weights[2] and abs(weights[2] - 0.9) < 0.02
 
 
 def test_bytes_on_the_tiny_model(tmp_path: Path) -> None:
-    result = firm.run(tiny_config(tmp_path, "algorithm.name=fedcmoo", "algorithm.compression=0.5", "federation.rounds=1"))
+    result = firm.run(tiny_config(tmp_path, "algorithm.name=fedcmoo", "fedcmoo.compression=0.5", "federation.rounds=1"))
     row = result.metrics[0]
     adapter_bytes = result.summary["adapter_bytes"]
     d = result.summary["adapter_parameters"]
@@ -91,12 +91,13 @@ def test_fedcmoo_reaches_the_pareto_set_of_the_two_client_toy() -> None:
     algorithm = FedCmoo(2, (0.5, 0.5), 1, 1, "sgd", 0.1, 1.0, 4.0, 0.0)
     global_theta = torch.tensor([2.0, 2.0], dtype=F64)
     assert pareto_gap(global_theta) > 1.0
+    state: dict[str, torch.Tensor] = {}
     for _ in range(200):
         probes = algorithm.new_probe_aggregator(2)
         for targets in TARGETS:
             theta = torch.nn.Parameter(global_theta.clone())
             probes.add(algorithm.client_probe({"theta": theta}, quadratic_oracle(theta, targets), {}).uploads, 1.0)
-        plan = algorithm.server_plan(probes)
+        plan, state = algorithm.server_plan(probes, state)  # warm-started from the last round's weights
         aggregator = algorithm.new_aggregator()
         for targets in TARGETS:
             theta = torch.nn.Parameter(global_theta.clone())

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from firm.compression import compress
-from firm.config import Config, ConfigError, load_config
+from firm.config import Config, ConfigError
 from firm.engines.flower import local
 from firm.engines.flower.records import (
     adapter_to_record,
@@ -36,6 +36,7 @@ from firm.engines.flower.records import (
 )
 from firm.engines.flower.submit import FlowerRunError, app_pyproject, submit
 from firm.train import run
+from firm.validation import load_config
 from tests.conftest import tiny_config
 from tests.test_compression import INT8, random_adapter
 

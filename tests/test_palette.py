@@ -307,8 +307,8 @@ def test_targets_just_inside_the_edge_are_feasible() -> None:
 
 def test_resume_reuses_the_palette(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted palette run resumes with its palette.json and preference; nothing is sampled again."""
-    from firm.config import load_config
     from firm.engines.inprocess import InProcessEngine
+    from firm.validation import load_config
 
     def interrupt_round_2(round_idx: int, client_id: int, call: object) -> object:
         if round_idx == 2:

@@ -34,15 +34,14 @@ from firm.palette.dual import (
     MAX_LAMBDA,
     PaletteSolution,
     Samples,
-    Target,
     feasible_by_lp,
     merge_stats,
-    parse_targets,
     quantile,
     solve_palette,
     tilt_stats,
 )
 from firm.palette.federated import FLOAT_BYTES, Federation
+from firm.palette.targets import Target, parse_targets
 
 Array = npt.NDArray[np.float64]
 

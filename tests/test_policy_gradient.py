@@ -1,4 +1,4 @@
-"""The LM local step: closed-form cotangent VJPs equal autograd on the explicit losses (DESIGN.md section 2)."""
+"""The LM local step: closed-form cotangent VJPs equal autograd on the explicit losses (docs/design.md section 2)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from firm.data import Prompt
+from firm.logprobs import token_logprobs
 from firm.objectives import resolve_objective
 from firm.policy_gradient import PolicyGradientProblem, group_advantages
-from firm.rollout import token_logprobs
 
 OBJECTIVES = [(n, resolve_objective(n)) for n in ("positiveness", "conciseness", "diversity")]
 PROMPTS = [Prompt("How was your day today?"), Prompt("Tell me about the ocean.")]
@@ -119,7 +119,8 @@ def test_same_generator_seed_same_rollout(tiny_policy) -> None:  # type: ignore[
 
 def test_kv_cache_sampling_matches_full_forward(tiny_policy) -> None:  # type: ignore[no-untyped-def]
     """Near-greedy sampling with the cache picks the argmax of a full (cache-free) forward at every step."""
-    from firm.rollout import completion_logits, sample
+    from firm.logprobs import completion_logits
+    from firm.rollout import sample
 
     rollout = sample(tiny_policy, [p.text for p in PROMPTS], 1, 6, temperature=1e-4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

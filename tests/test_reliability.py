@@ -24,11 +24,12 @@ from safetensors.torch import load_file
 
 from firm.algorithms.protocol import ClientUpdate
 from firm.checkpoint import CheckpointError
-from firm.config import ConfigError, load_config
+from firm.config import ConfigError
 from firm.engines.inprocess import InProcessEngine
 from firm.robust import Candidate as C
 from firm.robust import RobustMean, RoundFailed, check_update, screen
 from firm.train import resume, run
+from firm.validation import load_config
 from tests.conftest import CliResult, firm_cli, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import firm
-from firm.config import ConfigError, LoraConfig, ModelConfig, load_config
+from firm.config import ConfigError, LoraConfig, ModelConfig
 from firm.data import Prompt
 from firm.objectives import resolve_objective
 from firm.policy import PolicyError, build_policy
 from firm.policy_gradient import PolicyGradientProblem
+from firm.validation import load_config
 from tests.conftest import tiny_config
 
 
@@ -90,7 +91,7 @@ def test_unmatched_lora_targets_and_missing_model_are_policy_errors(tmp_path: Pa
 
 
 def test_lora_dropout_only_in_the_gradient_forward() -> None:
-    from firm.rollout import token_logprobs
+    from firm.logprobs import token_logprobs
 
     policy = build_policy(ModelConfig(name="tiny"), LoraConfig(dropout=0.5), seed=0)
     gen = torch.Generator().manual_seed(0)

@@ -304,7 +304,8 @@ def test_hf_objective_scores_pairs(tmp_path: Path) -> None:
 
 
 def test_registry_names_and_hf_resolution() -> None:
-    from firm.config import ConfigError, load_config
+    from firm.config import ConfigError
+    from firm.validation import load_config
 
     assert {"harmlessness", "helpfulness", "readability", "humor", "coherence"} <= REGISTRY.keys()
     assert callable(resolve_objective("hf:some-org/some-reward-model"))  # lazy: nothing loads until called

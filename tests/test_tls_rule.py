@@ -41,7 +41,7 @@ REMOTE = ["0.0.0.0:8000", "10.1.2.3:8000", "superlink.example.org:8000", "[::]:8
     ],
 )
 def test_loopback_addresses(address: str, loopback: bool) -> None:
-    from firm.config import is_loopback_address
+    from firm.transport import is_loopback_address
 
     assert is_loopback_address(address) is loopback
 
@@ -85,7 +85,7 @@ def test_train_allows_tls_or_the_explicit_opt_out_off_loopback(tmp_path: Path, s
 
 
 def test_the_in_process_engine_ignores_the_superlink() -> None:
-    from firm.config import load_config
+    from firm.validation import load_config
 
     assert load_config(None, ["engine.superlink=10.1.2.3:8000"]).engine.superlink == "10.1.2.3:8000"
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from firm.config import LoraConfig, ModelConfig
+from firm.logprobs import token_logprobs
 from firm.policy import build_policy
-from firm.rollout import sample, token_logprobs
+from firm.rollout import sample
 from firm.train import run
 from tests.conftest import tiny_config
 
@@ -26,14 +27,14 @@ def _deprecations(caught: list[warnings.WarningMessage]) -> list[str]:
     )
 
 
-def test_a_tiny_run_and_both_engines_warn_nothing(tmp_path: Path) -> None:
+def test_a_tiny_run_and_both_samplers_warn_nothing(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run(tiny_config(tmp_path, "federation.rounds=1"))  # model and LoRA built, rollouts, gradient steps, eval, saves
         policy = build_policy(ModelConfig(name="tiny"), LoraConfig(), seed=0)
         generator = torch.Generator().manual_seed(0)
-        for engine in ("plain", "fast"):
-            rollout = sample(policy, ["How was your day today?"], 2, 6, 1.0, generator, engine=engine)  # type: ignore[arg-type]
+        for sampler in ("plain", "fast"):
+            rollout = sample(policy, ["How was your day today?"], 2, 6, 1.0, generator, sampler=sampler)  # type: ignore[arg-type]
             for method in ("plain", "fast"):
                 token_logprobs(policy, rollout, 1.0, method)  # type: ignore[arg-type]
     found = _deprecations(caught)

@@ -1,4 +1,12 @@
-"""Federated algorithms, one small module each; `REGISTRY` maps config names to constructors."""
+"""Federated algorithms, one small module each; `REGISTRY` maps config names to constructors.
+
+Add an algorithm in three steps:
+1. copy `fedavg.py` (fixed weights) or `firm.py` (a rule gram -> weights) to `<name>.py`, keeping `protocol.Algorithm`'s
+   members; its `shape` (a `protocol.RoundShape`) tells the engines how many payloads a client uploads and whether the
+   clients probe first (then it is a `protocol.Prober`, like `fedcmoo.py`; tests/test_round_shape.py defines one);
+2. import it below and add `"<name>": <Class>.from_config` to `REGISTRY`: `algorithm.name=<name>` then runs on every engine;
+3. add it to `ALGORITHMS` in tests/test_end_to_end.py (tiny model, end to end) and write docs/algorithms/<name>.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from firm.algorithms.firm import Firm
 from firm.algorithms.fmgda import Fmgda
 from firm.algorithms.mgda import Mgda
 from firm.algorithms.protocol import Aggregator, Algorithm, AlgorithmFactory, ClientUpdate
+from firm.config import REFERENCES, Config, ConfigError
 
 REGISTRY: dict[str, AlgorithmFactory] = {
     "firm": Firm.from_config,
@@ -17,4 +26,16 @@ REGISTRY: dict[str, AlgorithmFactory] = {
     "fedcmoo": FedCmoo.from_config,
 }
 
-__all__ = ["REGISTRY", "Aggregator", "Algorithm", "ClientUpdate", "FedAvg", "FedCmoo", "Firm", "Fmgda", "Mgda"]
+
+def validate_config(config: Config) -> None:
+    """`algorithm.name` is a key of `REGISTRY` or a reference (`firm.config.REFERENCES`, run by firm.launch);
+    the algorithms' own sections ([fmgda], [fedcmoo]) hold values they accept."""
+    if not config.fedcmoo.compression > 0:
+        raise ConfigError(f"fedcmoo.compression: must be > 0, got {config.fedcmoo.compression}")
+    if config.algorithm.name not in REGISTRY and config.algorithm.name not in REFERENCES:
+        raise ConfigError(
+            f"algorithm.name: unknown algorithm {config.algorithm.name!r}; allowed: {', '.join(sorted([*REGISTRY, *REFERENCES]))}"
+        )
+
+
+__all__ = ["REGISTRY", "Aggregator", "Algorithm", "ClientUpdate", "FedAvg", "FedCmoo", "Firm", "Fmgda", "Mgda", "validate_config"]

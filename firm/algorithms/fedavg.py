@@ -1,4 +1,4 @@
-"""FedAvg with fixed linear scalarization (McMahan et al. 2017; DESIGN.md sections 3-4).
+"""FedAvg with fixed linear scalarization (McMahan et al. 2017; docs/design.md sections 3-4).
 
 Every client runs K local steps on the preference-weighted loss sum_m p_m L_m + beta_kl KL
 (lambda = p, never solved for), uploads one delta, and the server averages deltas weighted by
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.algorithms.protocol import ONE_ADAPTER, Aggregator, ClientUpdate, RoundShape
 from firm.codec import Adapter
 from firm.config import AggregationConfig, Config
 from firm.local_step import LocalProblem, Timer, local_update
@@ -32,6 +32,7 @@ class FedAvg:
     server_lr: float
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "fedavg"
+    shape: ClassVar[RoundShape] = ONE_ADAPTER
 
     @classmethod
     def from_config(cls, config: Config) -> FedAvg:

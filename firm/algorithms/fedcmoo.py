@@ -1,6 +1,6 @@
 """FedCMOO: communication-efficient federated multi-objective optimisation (Askin et al., AISTATS 2025).
 
-Two round trips per round (DESIGN.md section 4):
+Two round trips per round (docs/design.md section 4.5):
 
 1. Probe. Every sampled client takes ONE rollout batch at the round's global adapter, computes its
    M per-objective gradients g_{i,m} ([M, d], each including the KL term as everywhere here) and
@@ -11,8 +11,8 @@ Two round trips per round (DESIGN.md section 4):
    estimates the Gram matrix Q = gbar gbar^T and finds the weights by projected gradient descent
    on the simplex, warm-started from the previous round's weights (the paper's solver; a fixed
    number of iterations, so it is approximate where the exact solvers are not), and broadcasts them.
-   With `algorithm.fmgda_steering`-style preference steering off, the problem is the min-norm one;
-   with `algorithm.reg > 0` and `fedcmoo_steering = true` it is FIRM's regularised problem
+   With preference steering off (`fedcmoo.steering`), the problem is the min-norm one;
+   with `algorithm.reg > 0` and `fedcmoo.steering = true` it is FIRM's regularised problem
    (anchor p), the preference-steered variant.
 3. Local steps. Each client runs K local steps with those FIXED weights (one backward per step,
    like FedAvg) and uploads one adapter delta; the server averages as FedAvg does.
@@ -26,35 +26,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.algorithms.protocol import Aggregator, ClientUpdate, RoundShape, ServerState
 from firm.codec import Adapter
+from firm.compression import topk_compress, topk_decompress
 from firm.config import Config
 from firm.local_step import LocalProblem, Timer, local_update
+from firm.solvers import project_to_simplex
 
 PROBE_STEP = 1_000_000
 """Stream index of the probe rollout (disjoint from the local steps 0..K-1)."""
 
 PG_ITERATIONS = 50
 """Projected-gradient iterations of the server's weight solve."""
-
-
-def topk_compress(vector: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Keep the k largest-magnitude entries: {"values": [k] float32, "indices": [k] int32}."""
-    k = max(1, min(k, vector.numel()))
-    idx = vector.abs().topk(k).indices.sort().values
-    return {"values": vector[idx].to(torch.float32), "indices": idx.to(torch.int32)}
-
-
-def topk_decompress(values: torch.Tensor, indices: torch.Tensor, size: int) -> torch.Tensor:
-    out = torch.zeros(size, dtype=torch.float64)
-    out[indices.long()] = values.to(torch.float64)
-    return out
 
 
 def check_probe(uploads: Sequence[Adapter], num_objectives: int, size: int, k: int | None = None) -> str | None:
@@ -88,15 +77,6 @@ def check_probe(uploads: Sequence[Adapter], num_objectives: int, size: int, k: i
     return None
 
 
-def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection onto the probability simplex (sort-based)."""
-    u = torch.sort(v, descending=True).values
-    css = torch.cumsum(u, 0) - 1.0
-    idx = torch.arange(1, v.numel() + 1, dtype=v.dtype)
-    rho = int(torch.nonzero(u - css / idx > 0)[-1])
-    return torch.clamp(v - css[rho] / (rho + 1), min=0.0)
-
-
 class ProbeMean:
     """Sample-weighted mean of the clients' decompressed per-objective gradients, [M, d] float64."""
 
@@ -126,7 +106,7 @@ class FedCmoo:
     compression: float
     steering_reg: float
     name: str = "fedcmoo"
-    server_state: dict[str, Any] = field(default_factory=dict)  # the previous round's weights (warm start)
+    shape: ClassVar[RoundShape] = RoundShape(probes=True)
 
     @classmethod
     def from_config(cls, config: Config) -> FedCmoo:
@@ -139,8 +119,8 @@ class FedCmoo:
             a.optimizer,
             a.lr,
             a.server_lr,
-            a.compression,
-            a.reg if a.fedcmoo_steering else 0.0,
+            config.fedcmoo.compression,
+            a.reg if config.fedcmoo.steering else 0.0,
         )
 
     # ---- round trip 1: probe -> plan
@@ -168,20 +148,21 @@ class FedCmoo:
     def new_probe_aggregator(self, size: int) -> ProbeMean:
         return ProbeMean(self.num_objectives, size)
 
-    def server_plan(self, probes: ProbeMean) -> Adapter:
-        """Weights from the estimated Gram matrix by warm-started projected gradient; broadcast as a tensor."""
+    def server_plan(self, probes: ProbeMean, state: ServerState) -> tuple[Adapter, ServerState]:
+        """Weights from the estimated Gram matrix by projected gradient, warm-started from the previous
+        round's weights (`state["weights"]`, else the preference); the plan broadcasts them as a tensor,
+        the new state keeps them for the next round."""
         g = probes.mean()  # [M, d]
         gram = g @ g.T  # [M, M]
         scale = float(gram.diagonal().mean())
         q = gram / scale if scale > 0 else torch.zeros_like(gram)
         anchor = torch.tensor(self.preference, dtype=torch.float64)
         reg = self.steering_reg
-        w = self.server_state.get("weights", anchor.clone())
+        w = state.get("weights", anchor).clone()
         step = 1.0 / (float(torch.linalg.eigvalsh(q)[-1]) + reg + 1e-12)
         for _ in range(PG_ITERATIONS):
-            w = project_to_simplex(w - step * (q @ w + reg * (w - anchor)))
-        self.server_state["weights"] = w
-        return {"weights": w.to(torch.float32)}
+            w = torch.from_numpy(project_to_simplex((w - step * (q @ w + reg * (w - anchor))).numpy()))
+        return {"weights": w.to(torch.float32)}, {**state, "weights": w}
 
     # ---- round trip 2: local steps with the server's weights
     def client_update(

@@ -1,4 +1,4 @@
-"""FIRM: Federated In-client Regularized Multi-objective alignment (arXiv 2511.16992; DESIGN.md sections 3-4).
+"""FIRM: Federated In-client Regularized Multi-objective alignment (arXiv 2511.16992; docs/design.md sections 3-4).
 
 Client i, every local step: per-objective gradients g_1..g_M of one rollout, Gram matrix
 Q = g g^T, weights
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.algorithms.protocol import ONE_ADAPTER, Aggregator, ClientUpdate, RoundShape
 from firm.codec import Adapter
 from firm.config import AggregationConfig, Config
 from firm.local_step import LocalProblem, Timer, local_update
@@ -43,6 +43,7 @@ class Firm:
     server_lr: float
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "firm"
+    shape: ClassVar[RoundShape] = ONE_ADAPTER
 
     @classmethod
     def from_config(cls, config: Config) -> Firm:

@@ -1,4 +1,4 @@
-"""FMGDA / FSMGDA: federated multi-gradient descent (Yang et al., NeurIPS 2023; DESIGN.md section 4).
+"""FMGDA / FSMGDA: federated multi-gradient descent (Yang et al., NeurIPS 2023; docs/design.md section 4.4).
 
 Round t, client i, for each objective m = 1..M separately: start from the round's global
 theta^t and run K local steps on objective m alone (weights = e_m, the KL term included as in
@@ -13,10 +13,10 @@ and the step theta^{t+1} = theta^t + eta_g sum_m lambda_m Deltabar_m. With stoch
 gradients (sampled rollouts, as here) this is FSMGDA; FMGDA is the full-gradient version.
 
 Options and deliberate choices:
-- `algorithm.normalize_deltas`: solve the min-norm problem on Deltabar_m / ||Deltabar_m|| (as
+- `fmgda.normalize_deltas`: solve the min-norm problem on Deltabar_m / ||Deltabar_m|| (as
   MGDA-UB style normalisation), then apply the weights to the raw Deltabar_m so the step size keeps
   the deltas' scale.
-- `algorithm.reg > 0` with `fmgda_steering = true` is not part of the paper; the preference-steered
+- `algorithm.reg > 0` with `fmgda.steering = true` is not part of the paper; the preference-steered
   variant here solves FIRM's regularised problem at the server instead of the plain min-norm one.
 - Each objective's K steps draw their own rollouts (steps m * K .. m * K + K - 1 of the client's
   streams), so FMGDA spends M times the rollouts of FIRM per round: that is the algorithm.
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from firm.aggregation import RunningMean
-from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.algorithms.protocol import Aggregator, ClientUpdate, RoundShape
 from firm.codec import Adapter
 from firm.config import Config
 from firm.local_step import LocalProblem, Timer, flatten, local_update
@@ -72,6 +72,11 @@ class Fmgda:
     steering_reg: float  # 0 = the paper's min-norm; > 0 = FIRM's regularised solve at the server
     name: str = "fmgda"
 
+    @property
+    def shape(self) -> RoundShape:
+        """One trip; each client uploads its M per-objective deltas."""
+        return RoundShape(uploads=self.num_objectives)
+
     @classmethod
     def from_config(cls, config: Config) -> Fmgda:
         a = config.algorithm
@@ -83,8 +88,8 @@ class Fmgda:
             a.optimizer,
             a.lr,
             a.server_lr,
-            a.normalize_deltas,
-            a.reg if a.fmgda_steering else 0.0,
+            config.fmgda.normalize_deltas,
+            a.reg if config.fmgda.steering else 0.0,
         )
 
     def client_update(

@@ -1,4 +1,4 @@
-"""Federated MGDA: in-client min-norm weights, unregularized (Desideri 2012; DESIGN.md sections 3-4).
+"""Federated MGDA: in-client min-norm weights, unregularized (Desideri 2012; docs/design.md sections 3-4).
 
 The ablation of FIRM with reg = 0: every local step weights the objectives by the min-norm point
 of the convex hull of their gradients, lambda = argmin_{lambda in Delta} lambda^T Q lambda, which
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from firm.aggregation import RunningMean, apply_mean_delta
-from firm.algorithms.protocol import Aggregator, ClientUpdate
+from firm.algorithms.protocol import ONE_ADAPTER, Aggregator, ClientUpdate, RoundShape
 from firm.codec import Adapter
 from firm.config import AggregationConfig, Config
 from firm.local_step import LocalProblem, Timer, local_update
@@ -32,6 +32,7 @@ class Mgda:
     server_lr: float
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "mgda"
+    shape: ClassVar[RoundShape] = ONE_ADAPTER
 
     @classmethod
     def from_config(cls, config: Config) -> Mgda:

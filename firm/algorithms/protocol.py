@@ -1,23 +1,30 @@
 """What an algorithm is: functions over explicit state that engines call (Flower-style configure -> fit -> aggregate).
 
 Per round, an engine:
-    1. sends the global adapter to each sampled client;
-    2. on the client: `update = algorithm.client_update(params, sample_problem, client_state)`,
-       with `params` the live adapter set to the global one, and encodes each of `update.uploads`
-       (one adapter-shaped payload each: one for FIRM and FedAvg, M for FMGDA);
-    3. on the server: `aggregator = algorithm.new_aggregator()`, `aggregator.add(decoded uploads,
+    1. reads `algorithm.shape` (a `RoundShape`): how many payloads each client uploads, and
+       whether the clients probe first (`Prober`); every engine reads it the same way, and none
+       asks which algorithm it runs;
+    2. if it probes: sends the global adapter, collects `algorithm.client_probe(...)` from each
+       sampled client, screens them, and broadcasts `plan, server_state = algorithm.server_plan(
+       probes, server_state)`;
+    3. on the client: `update = algorithm.client_update(params, sample_problem, client_state)`
+       (`plan=plan` for a prober), with `params` the live adapter set to the global one, and
+       encodes each of `update.uploads` (`shape.uploads` adapter-shaped payloads);
+    4. on the server: `aggregator = algorithm.new_aggregator()`, `aggregator.add(decoded uploads,
        update.num_samples)` per client, then `algorithm.server_update(global, aggregator)`;
        `aggregator.stats` (if any) is logged as the round's `server` field.
 
-Algorithms never do I/O, never print, never import an engine; the engine keeps per-client state
-(`update.client_state`) across rounds and hands it back on the client's next round.
+Algorithms never do I/O, never print, never import an engine, and keep no state between calls:
+the engine keeps per-client state (`update.client_state`) and hands it back on the client's next
+round; the run loop keeps the server's state (`ServerState`) beside it, passes it into each round
+and checkpoints it (like fedjax's `ServerState`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -44,6 +51,28 @@ class ClientUpdate:
         return self.uploads[0]
 
 
+ServerState = dict[str, Any]
+"""What a server carries from one round to the next (FedCMOO: the previous plan's weights, its warm
+start); {} for algorithms whose server forgets. Checkpointed with the run (tensors and JSON values)."""
+
+
+@dataclass(frozen=True)
+class RoundShape:
+    """The shape of one round on the wire, declared by the algorithm and read by every engine.
+
+    `uploads`: adapter-shaped payloads in each client's update (one delta; FMGDA: one per objective).
+    `probes`: the clients first probe at the global adapter and the server plans before the local
+    steps (the algorithm is a `Prober`); the plan travels to the clients in place of a second adapter.
+    """
+
+    uploads: int = 1
+    probes: bool = False
+
+
+ONE_ADAPTER = RoundShape()
+"""One trip, one delta per client: FedAvg, MGDA, FIRM."""
+
+
 class Aggregator(Protocol):
     def add(self, uploads: Adapter | Sequence[Adapter], weight: float) -> None: ...
 
@@ -53,6 +82,9 @@ class Aggregator(Protocol):
 class Algorithm(Protocol):
     @property
     def name(self) -> str: ...
+
+    @property
+    def shape(self) -> RoundShape: ...
 
     def client_update(
         self,
@@ -67,14 +99,14 @@ class Algorithm(Protocol):
     def server_update(self, global_adapter: Adapter, aggregator: Aggregator) -> Adapter: ...
 
 
-@runtime_checkable
-class TwoRoundTrips(Protocol):
-    """An algorithm whose clients first probe and whose server plans before the local steps (FedCMOO).
+class Prober(Algorithm, Protocol):
+    """An algorithm whose round probes first (`shape.probes`): FedCMOO.
 
     The engine calls `client_probe` on every sampled client, screens each probe with
     `check_probe(uploads, d)` (firm.robust.screen_probes), adds the decoded payloads that pass to
-    `new_probe_aggregator(d)`, broadcasts `server_plan(probes)` (named tensors), and passes the
-    decoded plan to `client_update(..., plan=plan)`.
+    `new_probe_aggregator(d)`, broadcasts the plan of `server_plan(probes, server_state)` (named
+    tensors; the new server state goes back to the run loop), and passes the decoded plan to
+    `client_update(..., plan=plan)`.
     """
 
     def client_probe(
@@ -85,7 +117,24 @@ class TwoRoundTrips(Protocol):
 
     def new_probe_aggregator(self, size: int) -> Aggregator: ...
 
-    def server_plan(self, probes: Any) -> Adapter: ...
+    def server_plan(self, probes: Any, state: ServerState) -> tuple[Adapter, ServerState]: ...
+
+    def client_update(
+        self,
+        params: dict[str, torch.nn.Parameter],
+        sample_problem: Callable[[int], LocalProblem],
+        client_state: dict[str, Any],
+        timer: Timer | None = None,
+        plan: Adapter | None = None,
+    ) -> ClientUpdate: ...
+
+
+def as_prober(algorithm: Algorithm) -> Prober:
+    """The algorithm as a `Prober`, for an engine that read `shape.probes`; a clear error if it is not one."""
+    missing = [m for m in ("client_probe", "check_probe", "new_probe_aggregator", "server_plan") if not hasattr(algorithm, m)]
+    if missing:
+        raise TypeError(f"algorithm {algorithm.name!r} declares shape.probes but has no {', '.join(missing)}")
+    return cast(Prober, algorithm)
 
 
 AlgorithmFactory = Callable[[Config], Algorithm]

@@ -1,4 +1,4 @@
-"""The in-process engine: every client of a round runs in this process, one after another.
+"""Plumbing: the in-process engine runs every client of a round in this process, one after another.
 
 One base model lives in memory; before a client runs, the global adapter is decoded from the
 broadcast payload and copied into the live LoRA parameters; the client's upload is encoded,
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import Aggregator, ClientUpdate, TwoRoundTrips
+from firm.algorithms.protocol import ClientUpdate, ServerState, as_prober
 from firm.client import problem_sampler, sample_clients
 from firm.codec import Adapter, decode, encode
 from firm.compression import decode_upload, encode_uploads
 from firm.config import CompressionConfig, Config
 from firm.data import Prompt, PromptFileError
+from firm.engines.server import RoundOutcome, close_round, expected_samples, expected_uploads
 from firm.local_step import LocalProblem, Timer
 from firm.objectives import Objective, ObjectiveError
 from firm.policy import Policy
@@ -30,22 +30,6 @@ from firm.robust import Candidate, SpilledUpdates, check_enough, screen, screen_
 
 USER_ERRORS = (ObjectiveError, PromptFileError, KeyboardInterrupt)
 """Errors of the user's input or the user's wish: they stop the run instead of dropping a client."""
-
-
-@dataclass
-class RoundOutcome:
-    """What one round produced, for the run loop to log."""
-
-    global_adapter: Adapter
-    client_ids: list[int]
-    weights: dict[int, list[float]]  # client -> lambdabar_i [M]
-    steps: dict[int, list[dict[str, Any]]]  # client -> per-local-step log
-    drift_updates: float
-    server: dict[str, Any]  # what the server computed this round (e.g. FMGDA's weights)
-    upload_bytes: int
-    download_bytes: int
-    times: dict[str, float] = field(default_factory=dict)
-    dropped: dict[int, str] = field(default_factory=dict)  # sampled client -> why it has no update this round
 
 
 ClientCall = Callable[[], ClientUpdate]
@@ -127,14 +111,19 @@ class InProcessEngine:
         limit = self.config.federation.client_timeout
         return _with_deadline(sampler, time.monotonic() + limit, limit) if limit > 0 else sampler
 
-    def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
-        """One round; the updates it holds for the norm screen are removed when it ends, also on error."""
-        expected = expected_uploads(self.algorithm, self.config)
+    def run_round(
+        self, round_idx: int, global_adapter: Adapter, server_state: ServerState, on_client_done: Any = None
+    ) -> RoundOutcome:
+        """One round from the last completed round's adapter and server state (neither is changed; the
+        outcome carries the new ones); the updates held for the norm screen are removed when it ends, also on error."""
+        expected = expected_uploads(self.algorithm)
         samples = expected_samples(self.config, "train")
         with SpilledUpdates(global_adapter, expected, self.config.aggregation.max_norm_ratio, expected_samples=samples) as held:
-            return self._round(round_idx, global_adapter, held, on_client_done)
+            return self._round(round_idx, global_adapter, server_state, held, on_client_done)
 
-    def _round(self, round_idx: int, global_adapter: Adapter, candidates: SpilledUpdates, on_client_done: Any) -> RoundOutcome:
+    def _round(
+        self, round_idx: int, global_adapter: Adapter, server_state: ServerState, candidates: SpilledUpdates, on_client_done: Any
+    ) -> RoundOutcome:
         fed = self.config.federation
         timer = Timer(self.policy.device)
         client_ids = sample_clients(fed.seed, round_idx, fed.num_clients, fed.clients_per_round)
@@ -145,10 +134,11 @@ class InProcessEngine:
         plan_payload: bytes | None = None
         server_stats: dict[str, Any] = {}
         max_ratio = self.config.aggregation.max_norm_ratio
-        if isinstance(self.algorithm, TwoRoundTrips):
-            # Two round trips (FedCMOO): every client probes at the global adapter, the server plans
-            # (e.g. objective weights) and broadcasts the plan; the clients keep the adapter they got.
-            probes = self.algorithm.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
+        if self.algorithm.shape.probes:
+            # Two round trips: every client probes at the global adapter, the server plans (e.g.
+            # objective weights) and broadcasts the plan; the clients keep the adapter they got.
+            prober = as_prober(self.algorithm)
+            probes = prober.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
             probe_candidates: list[Candidate] = []
             for client_id in client_ids:
                 with timer.phase("communication"):
@@ -157,7 +147,7 @@ class InProcessEngine:
                 sampler = self._sampler(round_idx, client_id, timer)
                 state = self.client_states.get(client_id, {})
                 probe = self._run_client(
-                    round_idx, client_id, partial(self.algorithm.client_probe, self.policy.params, sampler, state), dropped
+                    round_idx, client_id, partial(prober.client_probe, self.policy.params, sampler, state), dropped
                 )
                 if probe is None:
                     continue
@@ -165,21 +155,21 @@ class InProcessEngine:
                     payloads = [encode(upload) for upload in probe.uploads]
                     upload_bytes += sum(len(p) for p in payloads)
                 probe_candidates.append(Candidate(client_id, [decode(p) for p in payloads], float(probe.num_samples)))
-            check = partial(self.algorithm.check_probe, size=sum(t.numel() for t in global_adapter.values()))
+            check = partial(prober.check_probe, size=sum(t.numel() for t in global_adapter.values()))
             passed, rejected = screen_probes(probe_candidates, check, expected_samples(self.config, "probe"), max_ratio)
             dropped.update(rejected)
             for c in passed:
                 probes.add(c.uploads, c.weight)
             check_enough(self.config, round_idx, "probe", client_ids, dropped)
             with timer.phase("solve"):
-                plan = self.algorithm.server_plan(probes)
+                plan, server_state = prober.server_plan(probes, server_state)
             server_stats["plan"] = {k: v.tolist() for k, v in plan.items()}
             with timer.phase("communication"):
                 plan_payload = encode(plan)
         aggregator = self.algorithm.new_aggregator()
         weights: dict[int, list[float]] = {}
         steps: dict[int, list[dict[str, Any]]] = {}
-        expected = expected_uploads(self.algorithm, self.config)
+        expected = expected_uploads(self.algorithm)
         for client_id in client_ids:
             if client_id in dropped:  # failed its probe
                 continue
@@ -196,7 +186,9 @@ class InProcessEngine:
             if plan_payload is None:
                 call = partial(self.algorithm.client_update, self.policy.params, sampler, state, timer)
             else:
-                call = partial(self.algorithm.client_update, self.policy.params, sampler, state, timer, plan=plan_received)  # type: ignore[call-arg]
+                call = partial(
+                    as_prober(self.algorithm).client_update, self.policy.params, sampler, state, timer, plan=plan_received
+                )
             update = self._run_client(round_idx, client_id, call, dropped)
             if on_client_done is not None:
                 on_client_done(client_id)
@@ -248,52 +240,5 @@ class InProcessEngine:
             download_bytes=download_bytes,
             times=dict(timer.totals),
             dropped=dropped,
+            server_state=server_state,
         )
-
-
-def expected_uploads(algorithm: Algorithm, config: Config) -> int:
-    """Payloads per client update: one adapter, or one per objective (fmgda)."""
-    return config.num_objectives if algorithm.name == "fmgda" else 1
-
-
-def expected_samples(config: Config, stage: str) -> float:
-    """The sample count the server asked a client for, which is its aggregation weight.
-
-    `train`: K local steps x B prompts x G completions (FMGDA reports the mean over its M runs,
-    the same K x B x G); `probe` (FedCMOO's first trip): one rollout batch, B x G. A client's own
-    count is not trusted: one that disagrees is rejected (firm.robust.rejection).
-    """
-    ro = config.rollout
-    batch = ro.prompts_per_step * ro.samples_per_prompt
-    return float(batch if stage == "probe" else config.algorithm.local_steps * batch)
-
-
-def close_round(
-    config: Config,
-    algorithm: Algorithm,
-    global_adapter: Adapter,
-    aggregator: Aggregator,
-    candidates: SpilledUpdates,
-    round_idx: int,
-    client_ids: Sequence[int],
-    dropped: dict[int, str],
-    weights: dict[int, list[float]],
-    steps: dict[int, list[dict[str, Any]]],
-    timer: Timer,
-) -> tuple[Adapter, float, dict[str, Any]]:
-    """The server's end of a round, shared by the engines: screen the held updates and aggregate
-    those that pass (read back from the spill one at a time), keep only aggregated clients in the
-    logs, check there are enough (RoundFailed), then the algorithm's server step. Returns the new
-    global adapter, the update drift and the aggregator's stats."""
-    with timer.phase("aggregation"):
-        dropped.update(candidates.screen())
-        for c in candidates.passed():
-            aggregator.add(c.uploads, c.weight)
-    for client_id in dropped:  # the logs keep the clients whose update was aggregated
-        weights.pop(client_id, None)
-        steps.pop(client_id, None)
-    check_enough(config, round_idx, "train", client_ids, dropped)
-    with timer.phase("aggregation"):
-        new_global = algorithm.server_update(global_adapter, aggregator)
-        drift = aggregator.update_drift()
-    return new_global, drift, dict(getattr(aggregator, "stats", {}))

@@ -1,5 +1,10 @@
 """Objectives: reward functions r_m(prompt, completion) -> float, scored in batches.
 
+Add an objective in three steps:
+1. write `def <name>(prompts, completions, **kwargs) -> list[float]` in `<name>.py`, one float per completion;
+2. import it below and add `"<name>": <name>` to `REGISTRY`: `objectives.names` then accepts it (no base class needed);
+3. test it on hand-written completions in tests/test_objectives.py and add its row to the README's objectives table.
+
 An objective is any callable with the TRL reward-function signature
 
     def reward(prompts: list[str], completions: list[str], **kwargs) -> list[float]
@@ -33,6 +38,7 @@ from typing import Any, Protocol
 
 import torch
 
+from firm.config import Config, ConfigError
 from firm.objectives.coherence import coherence
 from firm.objectives.conciseness import conciseness
 from firm.objectives.diversity import diversity
@@ -115,3 +121,38 @@ def score(
 
 
 __all__ = ["REGISTRY", "Objective", "ObjectiveError", "resolve_objective", "score"]
+
+
+def validate_config(config: Config) -> None:
+    """The objectives.* checks: names known (or `hf:<model>`, or a `module:function` that resolves), no
+    duplicates, and a preference with one non-negative weight per objective, not all zero."""
+    names = config.objectives.names
+    if not names:
+        raise ConfigError("objectives.names: at least one objective is required")
+    for i, name in enumerate(names):
+        if name == "hf:":
+            raise ConfigError(
+                f"objectives.names[{i}]: 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2"
+            )
+        if name not in REGISTRY and not name.startswith("hf:") and ":" not in name:
+            raise ConfigError(
+                f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(REGISTRY))}, hf:<model id or path> or module:function"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"objectives.names: duplicate objective in {list(names)}")
+    pref = config.objectives.preference
+    if pref:
+        if len(pref) != len(names):
+            raise ConfigError(
+                f"objectives.preference: has {len(pref)} values but objectives.names has {len(names)}; give one weight per objective"
+            )
+        if any(v < 0 for v in pref):
+            raise ConfigError(f"objectives.preference: weights must be >= 0, got {list(pref)}")
+        if sum(pref) <= 0:
+            raise ConfigError(f"objectives.preference: weights must not all be zero, got {list(pref)}")
+    for i, name in enumerate(names):
+        if ":" in name and not name.startswith("hf:") and name not in REGISTRY:
+            try:
+                resolve_objective(name)
+            except KeyError as err:
+                raise ConfigError(f"objectives.names[{i}]: {err.args[0]}") from None

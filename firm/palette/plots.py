@@ -24,7 +24,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from firm.palette.dual import MAX_LAMBDA, RewardOracle, Target, solve_palette
+from firm.palette.dual import MAX_LAMBDA, RewardOracle, solve_palette
+from firm.palette.targets import Target
 
 COLORS = {"target": "#444444", "reference": "#9aa5b1", "predicted": "#3b82f6", "achieved": "#16a34a", "best_of_n": "#f59e0b"}
 

@@ -27,12 +27,14 @@ import torch
 
 from firm.config import Config
 from firm.data import Prompt
+from firm.logprobs import token_logprobs
 from firm.objectives import Objective, score
-from firm.palette.dual import PaletteSolution, Samples, parse_targets, solve_palette
+from firm.palette.dual import PaletteSolution, Samples, solve_palette
 from firm.palette.federated import Federation
+from firm.palette.targets import parse_targets
 from firm.policy import Policy
 from firm.policy_gradient import masked_rows
-from firm.rollout import sample, token_logprobs
+from firm.rollout import sample
 from firm.seeding import Stream, numpy_rng, torch_generator
 
 CHUNK_SEQUENCES = 32

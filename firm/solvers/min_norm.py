@@ -1,4 +1,4 @@
-"""MGDA min-norm weights (Desideri 2012; Sener and Koltun 2018), DESIGN.md section 3.
+"""MGDA min-norm weights (Desideri 2012; Sener and Koltun 2018), docs/design.md section 3.2.
 
     weights = argmin_{w in Delta_M} w^T Q w,   Q[m, k] = g_m . g_k
 

@@ -1,4 +1,4 @@
-"""FIRM's regularized weighting rule (arXiv 2511.16992; this project's reading, DESIGN.md section 3).
+"""FIRM's regularized weighting rule (arXiv 2511.16992; this project's reading, docs/design.md section 3.3).
 
     weights = argmin_{w in Delta_M} 1/2 w^T Qn w + reg/2 ||w - anchor||^2,   Qn = Q / mean(diag(Q))
 
@@ -13,7 +13,7 @@ reg/2 ((w1 - a1)^2 + (a1 - w1)^2) = reg (w1 - a1)^2, so the derivative
     w1 (Qn11 - 2 Qn12 + Qn22) + Qn12 - Qn22 + 2 reg (w1 - a1) = 0
 gives
     w1 = clip_[0,1]( (Qn22 - Qn12 + 2 reg a1) / (Qn11 - 2 Qn12 + Qn22 + 2 reg) ),
-which is DESIGN.md's ((g2 - g1).g2 + 2 reg a1) / (||g1 - g2||^2 + 2 reg) on normalised gradients.
+which is docs/design.md's ((g2 - g1).g2 + 2 reg a1) / (||g1 - g2||^2 + 2 reg) on normalised gradients.
 Clipping is exact for a 1-D convex problem on an interval.
 
 Deliberate choice: an all-zero Gram matrix (no gradient signal) gives Qn = 0, hence the anchor.

@@ -38,7 +38,7 @@ def _objective(h: npt.NDArray[np.float64], b: npt.NDArray[np.float64], w: npt.ND
     return float(0.5 * w @ h @ w - b @ w)
 
 
-def _project_to_simplex(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def project_to_simplex(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Euclidean projection onto the simplex (Held, Wolfe and Crowder 1974; sort-based)."""
     u = np.sort(v)[::-1]
     css = np.cumsum(u) - 1.0
@@ -91,7 +91,7 @@ def _solve_by_projected_gradient(
     step = 1.0 / max(float(np.linalg.eigvalsh(h)[-1]), 1e-12)
     w = np.full(m, 1.0 / m)
     for _ in range(iters):
-        w_next = _project_to_simplex(w - step * (h @ w - b))
+        w_next = project_to_simplex(w - step * (h @ w - b))
         if np.max(np.abs(w_next - w)) < 1e-14:
             return w_next
         w = w_next

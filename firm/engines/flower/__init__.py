@@ -1,4 +1,4 @@
-"""The Flower engine: FIRM's algorithms on Flower's Deployment Engine (flwr 1.41, Message API).
+"""Plumbing: the Flower engine, FIRM's algorithms on Flower's Deployment Engine (flwr 1.41, Message API).
 
 The only package that imports `flwr`. Modules:
 - `records`: config <-> run-config and adapter <-> ArrayRecord converters, payload byte counts;

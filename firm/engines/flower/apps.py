@@ -1,4 +1,4 @@
-"""FIRM's Flower ServerApp and ClientApp (Flower 1.41 Message API).
+"""Plumbing: FIRM's Flower ServerApp and ClientApp (Flower 1.41 Message API).
 
 ServerApp (`server_app`, runs next to the SuperLink): reads the FIRM config from the run-config
 and runs `firm.train.run` with the `FlowerEngine`, so the run directory, metrics, checkpoints
@@ -41,7 +41,7 @@ from flwr.supercore.utils import get_flwr_home
 
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import TwoRoundTrips
+from firm.algorithms.protocol import as_prober
 from firm.client import problem_sampler
 from firm.compression import encode_uploads
 from firm.config import Config
@@ -200,12 +200,11 @@ def client_train(msg: Message, context: Context) -> Message:
     rt.policy.set_adapter(adapter)
     sampler = problem_sampler(rt.policy, rt.objectives, rt.shard, config, round_idx, client_id, timer)
     if stage == "probe":
-        assert isinstance(rt.algorithm, TwoRoundTrips)
         store.save_probe_adapter(round_idx, adapter)
-        update = rt.algorithm.client_probe(rt.policy.params, sampler, state)
+        update = as_prober(rt.algorithm).client_probe(rt.policy.params, sampler, state)
     elif "plan" in msg.content:
         plan = record_to_adapter(msg.content.array_records["plan"])
-        update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer, plan=plan)  # type: ignore[call-arg]
+        update = as_prober(rt.algorithm).client_update(rt.policy.params, sampler, state, timer, plan=plan)
     else:
         update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer)
     content = RecordDict()

@@ -1,4 +1,4 @@
-"""The server's side of a round on Flower: the same algorithm objects, with SuperNodes as clients.
+"""Plumbing: the server's side of a round on Flower, the same algorithm objects with SuperNodes as clients.
 
 Inside the ServerApp, `firm.train.run` drives the run exactly as in process (evaluation,
 metrics, checkpoints, report); only `run_round` differs: the round's sampled clients are the
@@ -9,7 +9,7 @@ in client-id order (the in-process order, so the same seed gives the same adapte
 A sampled client whose node is missing, errs, or does not reply within `engine.round_timeout`
 is dropped from the round and recorded in the row's `dropped`; the round aggregates the rest
 (weights re-normalised by the running mean) unless fewer than `federation.min_clients` replied.
-Probes (FedCMOO's first trip) are screened like updates (`firm.robust.screen_probes`).
+Probes (the first trip of an algorithm whose `RoundShape` probes) are screened like updates (`firm.robust.screen_probes`).
 
 The clients' algorithm states stay on their nodes' disks (`firm.engines.flower.node_state`);
 `client_states` holds, per client, only the round of its current version, so the run loop
@@ -31,7 +31,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import TwoRoundTrips
+from firm.algorithms.protocol import ServerState, as_prober
 from firm.checkpoint import ROUND_DIR
 from firm.client import sample_clients
 from firm.codec import Adapter
@@ -40,7 +40,7 @@ from firm.config import Config
 from firm.data import FederatedPrompts
 from firm.engines.flower.node_state import STATE_ROUND, run_key
 from firm.engines.flower.records import adapter_to_record, get_json, payload_bytes, record_to_adapter, record_to_payload
-from firm.engines.inprocess import RoundOutcome, close_round, expected_samples, expected_uploads
+from firm.engines.server import RoundOutcome, close_round, expected_samples, expected_uploads
 from firm.local_step import Timer
 from firm.objectives import Objective
 from firm.policy import Policy
@@ -161,18 +161,23 @@ class FlowerEngine:
 
     # ----------------------------------------------------------------- one round
 
-    def run_round(self, round_idx: int, global_adapter: Adapter, on_client_done: Any = None) -> RoundOutcome:
-        """One round; the updates it holds for the norm screen are removed when it ends, also on error."""
+    def run_round(
+        self, round_idx: int, global_adapter: Adapter, server_state: ServerState, on_client_done: Any = None
+    ) -> RoundOutcome:
+        """One round from the last completed round's adapter and server state (the outcome carries the new
+        ones); the updates it holds for the norm screen are removed when it ends, also on error."""
         self._refresh_nodes()
         self._update_keep_from(round_idx)
-        expected = expected_uploads(self.algorithm, self.config)
+        expected = expected_uploads(self.algorithm)
         samples = expected_samples(self.config, "train")
         with SpilledUpdates(
             global_adapter, expected, self.config.aggregation.max_norm_ratio, expected_samples=samples
         ) as candidates:
-            return self._round(round_idx, global_adapter, candidates, on_client_done)
+            return self._round(round_idx, global_adapter, server_state, candidates, on_client_done)
 
-    def _round(self, round_idx: int, global_adapter: Adapter, candidates: SpilledUpdates, on_client_done: Any) -> RoundOutcome:
+    def _round(
+        self, round_idx: int, global_adapter: Adapter, server_state: ServerState, candidates: SpilledUpdates, on_client_done: Any
+    ) -> RoundOutcome:
         fed = self.config.federation
         start = time.perf_counter()
         timer = Timer(self.policy.device)
@@ -184,8 +189,9 @@ class FlowerEngine:
             adapter_record = adapter_to_record(global_adapter)
         adapter_size = payload_bytes(adapter_record)
         plan_record = None
-        if isinstance(self.algorithm, TwoRoundTrips):
-            probes = self.algorithm.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
+        if self.algorithm.shape.probes:
+            prober = as_prober(self.algorithm)
+            probes = prober.new_probe_aggregator(sum(t.numel() for t in global_adapter.values()))
             live = [c for c in client_ids if c not in dropped]
             replies = self._exchange(round_idx, "probe", live, {"adapter": adapter_record}, timer, dropped)
             download_bytes += adapter_size * len(live)
@@ -199,7 +205,7 @@ class FlowerEngine:
                     continue
                 upload_bytes += up_bytes
                 probe_candidates.append(Candidate(client_id, uploads, num_samples))
-            check = partial(self.algorithm.check_probe, size=sum(t.numel() for t in global_adapter.values()))
+            check = partial(prober.check_probe, size=sum(t.numel() for t in global_adapter.values()))
             max_ratio = self.config.aggregation.max_norm_ratio
             passed, rejected = screen_probes(probe_candidates, check, expected_samples(self.config, "probe"), max_ratio)
             dropped.update(rejected)
@@ -207,7 +213,7 @@ class FlowerEngine:
                 probes.add(c.uploads, c.weight)
             check_enough(self.config, round_idx, "probe", client_ids, dropped)
             with timer.phase("solve"):
-                plan = self.algorithm.server_plan(probes)
+                plan, server_state = prober.server_plan(probes, server_state)
             server_stats["plan"] = {k: v.tolist() for k, v in plan.items()}
             plan_record = adapter_to_record(plan)
         live = [c for c in client_ids if c not in dropped]
@@ -269,6 +275,7 @@ class FlowerEngine:
             download_bytes=download_bytes,
             times=dict(timer.totals),
             dropped=dropped,
+            server_state=server_state,
         )
 
     def _exchange(

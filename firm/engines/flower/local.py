@@ -1,4 +1,4 @@
-"""`firm flower up / down`: a SuperLink and N SuperNodes on loopback, to try the Flower engine on one machine.
+"""Plumbing: `firm flower up / down`, a SuperLink and N SuperNodes on loopback, to try the Flower engine on one machine.
 
 `up` starts, each in its own process group, with its own FLWR_HOME and log file under the
 state directory:
@@ -25,13 +25,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from firm.config import is_loopback_address
+import tomli_w
+
+from firm.transport import is_loopback_address
+
+CONNECTION = "firm"
+"""The name of the SuperLink connection in the Flower home's config.toml (`flwr_home_for`)."""
 
 PROCESSES = "processes.json"
 
@@ -234,10 +240,28 @@ def start_again(cluster: Cluster, role: str, timeout: float = 60.0) -> Process:
     return new
 
 
+@contextmanager
+def flwr_home_for(superlink: str, root_certificates: str, home: str | None) -> Iterator[Path]:
+    """A Flower home whose config.toml has the connection `firm` to `superlink` (TLS if a CA file is given)."""
+    conn: dict[str, object] = {"address": superlink}
+    if root_certificates:
+        conn["root-certificates"] = str(Path(root_certificates).absolute())
+    else:
+        conn["insecure"] = True
+    text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
+    if home:
+        path = Path(home).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.toml").write_text(text)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="firm-flwr-home-") as tmp:
+        (Path(tmp) / "config.toml").write_text(text)
+        yield Path(tmp)
+
+
 def register_nodes(cluster: Cluster, public_keys: Sequence[Path]) -> None:
     """Register SuperNode public keys with the SuperLink (needed when it requires node authentication)."""
-    from firm.engines.flower.submit import flwr_home_for
-
     with flwr_home_for(cluster.superlink, cluster.root_certificates, None) as home:
         # One `flwr` process per key, all at once: each spends seconds importing flwr.
         cmd = [console_script("flwr"), "supernode", "register"]

@@ -1,8 +1,8 @@
-"""A client's algorithm state on its SuperNode's disk, one version per round, so a run survives restarts.
+"""Plumbing: a client's algorithm state on its SuperNode's disk, one version per round, so a run survives restarts.
 
 What it holds: `ClientUpdate.client_state` after each round the client trained in, with the
-error-feedback residuals of compressed uploads (firm.compression); and, between FedCMOO's two
-round trips, the adapter that came with the probe. Why on disk: Flower gives every run a fresh
+error-feedback residuals of compressed uploads (firm.compression); and, between a probing
+algorithm's two round trips (`RoundShape.probes`), the adapter that came with the probe. Why on disk: Flower gives every run a fresh
 `context.state` on every node, a SuperNode that restarts loses it, and a resumed FIRM run is a
 new Flower run. Why not on the server: the residuals are adapter-sized and never travel
 (docs/compression.md); sending them up every round, and back down, would count several times

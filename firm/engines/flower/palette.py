@@ -1,4 +1,4 @@
-"""The palette's federated statistics over Flower: the SuperNodes keep the reward samples, the server asks by Message.
+"""Plumbing: the palette's federated statistics over Flower; the SuperNodes keep the reward samples, the server asks by Message.
 
 In process, `firm.palette.federated.Federation` asks each client's `Samples` for the sums the MAP
 dual needs (docs/palette.md, "Federated statistics"). On Flower the server does not hold the
@@ -50,9 +50,10 @@ from firm.config import Config
 from firm.data import Prompt
 from firm.engines.flower.engine import FlowerEngine, send_and_receive
 from firm.objectives import Objective
-from firm.palette.dual import PaletteSolution, Samples, TiltStats, parse_targets, solve_palette
+from firm.palette.dual import PaletteSolution, Samples, TiltStats, solve_palette
 from firm.palette.federated import Federation
 from firm.palette.sampling import client_samples
+from firm.palette.targets import parse_targets
 from firm.policy import Policy
 from firm.robust import RoundFailed
 

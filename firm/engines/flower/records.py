@@ -1,4 +1,4 @@
-"""Converters between FIRM's data and Flower's: config <-> run-config, adapters <-> ArrayRecord.
+"""Plumbing: converters between FIRM's data and Flower's (config <-> run-config, adapters <-> ArrayRecord).
 
 Flower's run-config is a flat mapping of dotted keys to scalars (`bool | int | float | str`);
 FIRM's config is nested sections whose list fields (objective names, preference, ...) have no

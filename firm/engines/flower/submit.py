@@ -1,4 +1,4 @@
-"""`firm train engine=flower`: submit the run to a running SuperLink with `flwr run` and stream its log.
+"""Plumbing: `firm train engine=flower` submits the run to a running SuperLink with `flwr run` and streams its log.
 
 The run is a Flower App built on the fly in a temporary directory: a pyproject.toml whose
 components are FIRM's ServerApp and ClientApp (`firm.engines.flower.apps`, installed on the
@@ -6,7 +6,7 @@ SuperLink host and on every site) and whose `[tool.flwr.app.config]` is the whol
 (`config_to_run_config`). The SuperLink connection (`engine.superlink`, TLS from
 `engine.root_certificates`) goes into the `config.toml` of a Flower home directory
 (`engine.flwr_home`, else a temporary one), so the user's own ~/.flwr is never touched. Without
-TLS the connection must stay on loopback (`firm.config.check_engine_transport`, the TLS rule of
+TLS the connection must stay on loopback (`firm.transport.check_engine_transport`, the TLS rule of
 docs/deployment.md), unless `engine.insecure_non_loopback` says the path is encrypted elsewhere.
 
 The ServerApp writes the run directory on the SuperLink's host: `output.dir` is made absolute
@@ -19,19 +19,16 @@ import dataclasses
 import json
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import tomli_w
 
-from firm import __version__
-from firm.config import Config, check_engine_transport, is_loopback_address
-from firm.engines.flower.local import console_script, flower_env
+from firm.config import Config
+from firm.engines.flower.local import CONNECTION, console_script, flower_env, flwr_home_for
 from firm.engines.flower.records import RESUME_FROM, config_to_run_config
-
-CONNECTION = "firm"
+from firm.rundir import run_name
+from firm.transport import check_engine_transport, is_loopback_address
+from firm.version import __version__
 
 
 class FlowerRunError(RuntimeError):
@@ -68,30 +65,10 @@ def app_pyproject(config: Config, resume_from: Path | None = None) -> str:
     return tomli_w.dumps(project)
 
 
-@contextmanager
-def flwr_home_for(superlink: str, root_certificates: str, home: str | None) -> Iterator[Path]:
-    """A Flower home whose config.toml has the connection `firm` to `superlink` (TLS if a CA file is given)."""
-    conn: dict[str, object] = {"address": superlink}
-    if root_certificates:
-        conn["root-certificates"] = str(Path(root_certificates).absolute())
-    else:
-        conn["insecure"] = True
-    text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
-    if home:
-        path = Path(home).absolute()
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.toml").write_text(text)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="firm-flwr-home-") as tmp:
-        (Path(tmp) / "config.toml").write_text(text)
-        yield Path(tmp)
-
-
 def prepare(config: Config) -> Config:
     """The config as the ServerApp will run it: absolute output directory, a fixed run name."""
     output = config.output
-    name = output.name or f"{config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name(config)
     return dataclasses.replace(config, output=dataclasses.replace(output, dir=str(Path(output.dir).absolute()), name=name))
 
 

@@ -1,4 +1,4 @@
-"""A warm ClientApp executor for a SuperNode: one long-lived process that runs all of FIRM's messages.
+"""Plumbing: a warm ClientApp executor for a SuperNode, one long-lived process that runs all of FIRM's messages.
 
 Flower 1.41's SuperExec starts a fresh `flwr-clientapp` process for every message, so a
 ClientApp would import torch and load the policy and scorers again every round. Run the
