@@ -48,10 +48,10 @@ TRL 1.16 `GRPOTrainer` (one optimizer step of `trainer.train()`, transformers' T
 
 Same on both sides: the model weights (both loaded by `firm.policy.build_policy`; TRL gets the
 base model back with `unload()` and adds its own LoRA from a `peft_config` with the project's rank,
-alpha, dropout and target modules), fp32 on CPU, no gradient checkpointing, no vLLM, no logging
-(report_to = "none"), learning rate `algorithm.lr`, the same B prompts at each repetition (the
-prompts `problem_sampler` picks for round `rep`, client 0, step 0, fed to TRL in that order with
-shuffling off).
+alpha, dropout and target modules), the compute dtype `--dtype` (below) on CPU, no gradient
+checkpointing, no vLLM, no logging (report_to = "none"), learning rate `algorithm.lr`, the same B
+prompts at each repetition (the prompts `problem_sampler` picks for round `rep`, client 0, step 0,
+fed to TRL in that order with shuffling off).
 
 Deliberate differences, and what they change:
 - Completion lengths can differ (different random streams, and TRL's adapter keeps training across
@@ -60,7 +60,30 @@ Deliberate differences, and what they change:
 - TRL's prefill covers S rows where FIRM's covers B (a difference of the two implementations, kept).
 - TRL computes per-token entropies and logs more metrics (its own overhead, kept).
 
+Compute dtype (`--dtype`, float32 by default, or bfloat16), the same on both sides:
+- float32: FIRM with `model.compute_dtype = float32`; TRL with the float32 base and `bf16 = False`
+  (the figures of earlier runs, unchanged).
+- bfloat16: FIRM with `model.compute_dtype = bfloat16` (frozen base stored in bfloat16, LoRA
+  adapter and Adam state float32, log-probs through a float32 head: firm.precision). TRL gets the
+  same bfloat16 base (`build_policy` at that dtype, then `unload()`; peft's default
+  `autocast_adapter_dtype` keeps TRL's own LoRA float32, as FIRM's) AND `bf16 = True` in its
+  GRPOConfig. That flag is how TRL / transformers run bf16 (GRPOConfig's own default is True): it is
+  mixed precision through accelerate, which on CPU wraps the model's forward in
+  `torch.autocast("cpu", torch.bfloat16)` (accelerate sets native_amp for any CPU, no hardware
+  check), so TRL's generation, reference and gradient forwards run under autocast. Only setting the
+  flag, on a float32 model, would make autocast recast every frozen weight at every op, decode
+  steps included (its cast cache keeps only weights that require grad); loading the model in
+  bfloat16 as well (what TRL does itself given `model_init_kwargs={"dtype": "bfloat16"}`) gives
+  both sides the same bfloat16 weights. Differences that remain: under autocast TRL's LoRA
+  matmuls run in bfloat16 (FIRM's stay float32), and TRL's log-probs use the model's bfloat16 head
+  (`cast_lm_head_to_fp32`, its float32 head option, refuses tied embeddings, which SmolLM2 has).
+  If TRL fails at bfloat16 the script prints the error and exits with 1.
+The first line names the CPU's native-bfloat16 features (`firm.precision.cpu_bf16_features()`, or
+`none (emulated)`): without them bfloat16 runs emulated on both sides, several times slower than
+float32, and the times are printed as measured. The ratio lines name the dtype they were taken at.
+
     python benchmarks/trl_step.py [--model smollm2-135m|tiny] [--reps 3] [--prompts 4] [--samples 4] [--tokens 32]
+                                  [--int8] [--dtype float32|bfloat16]
 
 Needs the optional extra: `pip install -e .[bench]` (or `make bench-trl`).
 """
@@ -92,6 +115,7 @@ from firm.data import Prompt, load_prompts
 from firm.local_step import local_update
 from firm.objectives import REGISTRY, Objective
 from firm.policy import Policy, build_policy
+from firm.precision import cpu_bf16_features
 from firm.validation import load_config
 
 OBJECTIVE_SETS = (("positiveness",), ("positiveness", "conciseness"))
@@ -99,13 +123,13 @@ OBJECTIVE_SETS = (("positiveness",), ("positiveness", "conciseness"))
 
 
 def build_config(args: argparse.Namespace, names: tuple[str, ...], *extra: str) -> Config:
-    """The project's default config with this benchmark's model, batch and objectives (CPU, fp32, K = 1)."""
+    """The project's default config with this benchmark's model, batch and objectives (CPU, --dtype, K = 1)."""
     return load_config(
         None,
         [
             f"model.name={args.model}",
             "model.device=cpu",
-            "model.dtype=float32",
+            f"model.compute_dtype={args.dtype}",
             f"objectives.names={list(names)!r}".replace("'", '"'),
             f"rollout.prompts_per_step={args.prompts}",
             f"rollout.samples_per_prompt={args.samples}",
@@ -178,7 +202,8 @@ def trl_trainer(args: argparse.Namespace, config: Config, prompt_texts: list[str
     from trl import GRPOConfig, GRPOTrainer
 
     # The project's loader, then the base model back (no LoRA): TRL adds its own adapter from peft_config.
-    loaded = build_policy(config.model, config.lora, seed=config.federation.seed)
+    # At --dtype bfloat16 the base comes back in bfloat16, the same weights as FIRM's (module docstring).
+    loaded = quiet_build_policy(config)
     base = loaded.model.unload()
     tokenizer = loaded.tokenizer
     rows: list[dict[str, Any]]
@@ -209,7 +234,7 @@ def trl_trainer(args: argparse.Namespace, config: Config, prompt_texts: list[str
         seed=config.federation.seed,
         use_vllm=False,
         use_cpu=True,
-        bf16=False,
+        bf16=config.model.compute_dtype == "bfloat16",  # TRL's bf16: accelerate autocast (module docstring)
         fp16=False,
         gradient_checkpointing=False,
         report_to="none",
@@ -235,6 +260,13 @@ def trl_trainer(args: argparse.Namespace, config: Config, prompt_texts: list[str
     )
 
 
+def quiet_build_policy(config: Config) -> Policy:
+    """`build_policy` without the "bfloat16 emulated" RuntimeWarning (main prints the dtype's reason once)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*bfloat16 runs emulated", category=RuntimeWarning)
+        return build_policy(config.model, config.lora, seed=config.federation.seed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="`smollm2-135m` (the project's default) or `tiny`")
@@ -243,7 +275,14 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4, help="G")
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens T")
     parser.add_argument("--int8", action="store_true", help="also time FIRM at M=2 with rollout.precision=int8")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both sides (module docstring)"
+    )
     args = parser.parse_args()
+    features = cpu_bf16_features()
+    print(
+        f"CPU: {torch.cpu.get_capabilities().get('cpu_name', '?')}, native bfloat16: {', '.join(features) or 'none (emulated)'}"
+    )
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5.x renames (e.g. gradient_checkpointing)
     try:
         import trl
@@ -265,7 +304,8 @@ def main() -> int:
     batches = [prompt_batch(shard, seed, rep, 0, 0, ro.prompts_per_step) for rep in range(args.reps + 1)]
     prompt_texts = [p.text for batch in batches for p in batch]
 
-    policy = build_policy(config.model, config.lora, seed=seed)
+    policy = quiet_build_policy(config)
+    print(f"compute dtype {args.dtype} on both sides: FIRM {policy.precision.reason}; TRL bf16={args.dtype == 'bfloat16'}")
     start_adapter = policy.get_adapter()
     firm_runs: dict[str, list[tuple[float, float, int]]] = {m: [] for m in configs}
 
@@ -277,10 +317,16 @@ def main() -> int:
 
     timer = make_step_timer(run_firm)
     with tempfile.TemporaryDirectory(prefix="firm-trl-bench-") as output_dir:
-        trainer = trl_trainer(args, config, prompt_texts, timer, output_dir)
-        trainer.remove_callback(PrinterCallback)  # its end-of-training metrics dict would clutter the table
-        reward = trainer.reward_funcs[0]
-        trainer.train()
+        try:
+            trainer = trl_trainer(args, config, prompt_texts, timer, output_dir)
+            trainer.remove_callback(PrinterCallback)  # its end-of-training metrics dict would clutter the table
+            reward = trainer.reward_funcs[0]
+            trainer.train()
+        except Exception as err:
+            if args.dtype == "float32":
+                raise
+            print(f"TRL {trl.__version__} could not run at {args.dtype} on {platform.machine()} CPU: {type(err).__name__}: {err}")
+            return 1
     if len(timer.seconds) != args.reps + 1 or any(len(v) != args.reps + 1 for v in firm_runs.values()):
         raise RuntimeError(f"expected {args.reps + 1} steps of each kind, got TRL {len(timer.seconds)}")
     # TRL must have seen, step by step, FIRM's B prompts, each G times in a row.
@@ -303,7 +349,7 @@ def main() -> int:
         f"settings: model {args.model}, LoRA r={lora.r} alpha={lora.alpha:g} on {','.join(lora.target_modules)}, "
         f"B={ro.prompts_per_step} prompts x G={ro.samples_per_prompt} samples = {num_completions} completions/step, "
         f"max_new_tokens={ro.max_new_tokens}, temperature={ro.temperature:g}, beta_kl={alg.beta_kl:g}, lr={alg.lr:g}, "
-        f"fp32 CPU; median of {args.reps} interleaved steps each after 1 warm-up (trl {trl.__version__})\n"
+        f"{args.dtype} CPU; median of {args.reps} interleaved steps each after 1 warm-up (trl {trl.__version__})\n"
     )
     print(f"{'':38s} {'s/step':>8s} {'s/completion':>13s} {'mean tokens':>12s} {'ms/token':>9s}   steps (s)")
     med: dict[str, float] = {}
@@ -314,11 +360,12 @@ def main() -> int:
         print(f"{label:38s} {med[label]:8.2f} {med[label] / num_completions:13.3f} {tokens:12.1f} {per_token:9.2f}   {each}")
     trl_med = med[rows[-1][0]] / num_completions
     firm1, firm2 = (med[rows[i][0]] / num_completions for i in (0, 1))
-    print(f"\nratio TRL(M=1) / FIRM(M=1) per completion: {trl_med / firm1:.2f}")
-    print(f"ratio TRL(M=1) / FIRM(M=2) per completion: {trl_med / firm2:.2f}   (issue 8 target: >= 3)")
+    at = "" if args.dtype == "float32" else f" at {args.dtype}"  # the float32 lines as before
+    print(f"\nratio TRL(M=1) / FIRM(M=1) per completion{at}: {trl_med / firm1:.2f}")
+    print(f"ratio TRL(M=1) / FIRM(M=2) per completion{at}: {trl_med / firm2:.2f}   (issue 8 target: >= 3)")
     if args.int8:
         firm2_int8 = med[rows[2][0]] / num_completions
-        print(f"ratio TRL(M=1) / FIRM(M=2, int8 rollouts) per completion: {trl_med / firm2_int8:.2f}")
+        print(f"ratio TRL(M=1) / FIRM(M=2, int8 rollouts) per completion{at}: {trl_med / firm2_int8:.2f}")
     return 0
 
 

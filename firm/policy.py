@@ -16,7 +16,7 @@ import contextlib
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from transformers import (
 from firm.codec import Adapter
 from firm.config import ConfigError, LoraConfig, ModelConfig
 from firm.data import BUILTIN_PROMPTS
+from firm.precision import DtypeChoice, PrecisionError, choose_compute_dtype
 
 TINY_EXTRA_WORDS = (
     "good great happy love wonderful nice kind lovely joy best beautiful glad excellent fun calm "
@@ -56,6 +57,8 @@ class Policy:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     name: str
+    precision: DtypeChoice = field(default_factory=lambda: DtypeChoice(torch.float32, "float32"))
+    """The compute dtype of the frozen base (firm.precision); the adapter is float32 whatever it is."""
 
     @property
     def params(self) -> dict[str, torch.nn.Parameter]:
@@ -134,13 +137,6 @@ def resolve_device(spec: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(spec)
-
-
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """`auto` -> bfloat16 on CUDA GPUs that support it, float32 elsewhere."""
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
 
 
 def tiny_vocabulary() -> list[str]:
@@ -246,9 +242,14 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
     """Base model (hub id, local path or `tiny`) + a fresh LoRA adapter, on the configured device.
 
     The LoRA A matrices are initialised from `seed` (B = 0, so the adapter starts as the identity).
+    The base is stored in `model.compute_dtype` (firm.precision); the adapter in float32, always.
     """
     device = resolve_device(model_cfg.device)
-    dtype = resolve_dtype(model_cfg.dtype, device)
+    try:
+        precision = choose_compute_dtype(model_cfg.compute_dtype, device)
+    except PrecisionError as err:
+        raise PolicyError(str(err)) from None
+    dtype = precision.dtype
     base: PreTrainedModel
     if model_cfg.name == "tiny":
         tokenizer = build_tiny_tokenizer()
@@ -282,13 +283,26 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int) -> Pol
             warnings.filterwarnings(
                 "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning, module="transformers"
             )
-            model = get_peft_model(base, peft_cfg)
+            model = get_peft_model(base, peft_cfg, autocast_adapter_dtype=True)  # adapter in float32 on a bf16 base
     except ValueError as err:  # peft: target modules not found in the base model
         raise PolicyError(f"lora.target_modules {list(lora_cfg.target_modules)}: {str(err).splitlines()[0]}") from None
     model.eval()
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"lora.target_modules {list(lora_cfg.target_modules)} matched no module of {model_cfg.name}")
-    return Policy(model=model, tokenizer=tokenizer, device=device, name=model_cfg.name)
+    if dtype != torch.float32:
+        _float32_adapter(model)
+    return Policy(model=model, tokenizer=tokenizer, device=device, name=model_cfg.name, precision=precision)
+
+
+def _float32_adapter(model: PeftModel) -> None:
+    """The adapter of a bfloat16 base in float32: its parameters, gradients and optimizer state.
+
+    peft draws LoRA A in float32 and casts it to the base's dtype; cast back, the initial adapter
+    of a bfloat16 build is the float32 build's rounded to bfloat16 (same seed), float32 from there on.
+    """
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
 
 
 def validate_device(spec: str) -> None:
@@ -303,3 +317,14 @@ def validate_device(spec: str) -> None:
         raise ConfigError(f"model.device: {spec!r} requested but CUDA is not available on this machine; use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"model.device: {spec!r} requested but MPS is not available on this machine; use auto or cpu")
+
+
+def validate_model(model_cfg: ModelConfig) -> None:
+    """`model.device` and `model.compute_dtype`: the device exists here and can run the dtype."""
+    validate_device(model_cfg.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the emulation warning is printed once, when the policy is built
+        try:
+            choose_compute_dtype(model_cfg.compute_dtype, resolve_device(model_cfg.device))
+        except PrecisionError as err:
+            raise ConfigError(str(err)) from None

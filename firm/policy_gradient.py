@@ -46,6 +46,7 @@ whose rewards are all equal gets advantage 0. Log-probs use the sampling tempera
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -153,6 +154,18 @@ class PolicyGradientProblem:
             "reward": rewards.mean(dim=0).tolist(),
             "completion_tokens": float(self.mask.sum(dim=1).mean()),
         }
+
+    def on_policy_copy(self, policy: Policy) -> PolicyGradientProblem:
+        """This problem's rollout, rewards and advantages on another copy of the model (another compute
+        dtype, say), its reference log-probs recomputed there: the gradients of both are then paired."""
+        other = copy.copy(self)
+        other.policy, other.params, other._forwards = policy, list(policy.params.values()), 0
+        other.old_logprobs = self.rollout.behaviour_logprobs
+        other.timer = Timer(policy.device)
+        other.stats = dict(self.stats)
+        with torch.no_grad(), policy.reference():
+            other.ref_logprobs = token_logprobs(policy, self.rollout, self.temperature, self.logprobs)
+        return other
 
     def _logprobs_and_cotangents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward with grad; returns logp [S, T], objective cotangents [M, S, T], KL cotangent [S, T]."""

@@ -101,6 +101,7 @@ def run_local(config: Config) -> RunResult:
         "reference": "local",
         "reference_rule": config.algorithm.reference_rule,
         "objectives": names,
+        "compute_dtype": clients[0].summary.get("compute_dtype"),
         "status": "completed",
         "rounds": fed.rounds,
         "clients": [str(c.run_dir.relative_to(parent.path)) for c in clients],

@@ -19,7 +19,9 @@ samples from a copy whose linear layers (LoRA merged in) are int8 per-output-cha
 dynamically quantized activations (`torch.ao` dynamic quantization, CPU only). The int8 policy mu
 is not pi_theta: the rollout then carries the sampler's log-probs log mu(y_t), and the policy
 gradient uses rho = pi_theta / mu as its importance ratio from the first epoch on (clipped as in
-PPO), so the loss still estimates the gradient at pi_theta (docs/performance.md).
+PPO), so the loss still estimates the gradient at pi_theta (docs/performance.md). The same holds
+with `model.compute_dtype = bfloat16`: the sampler draws from the model's bfloat16 logits, while
+`firm.logprobs` computes pi_theta with a float32 head, so the rollout carries log mu there too.
 
 The sampled ids are cloned out of inference mode so that the training forward can save them for
 backward (inference tensors cannot be saved).
@@ -146,7 +148,8 @@ class Int8Sampler:
                 f"rollout.precision = 'int8' uses torch's dynamic int8 kernels, which run on the CPU only "
                 f"(the policy is on {policy.device}); use rollout.precision = 'model'"
             )
-        plain = copy.deepcopy(policy.model).merge_and_unload()  # a plain transformers model
+        # a plain float32 transformers model (the dynamic int8 kernels take float32 activations)
+        plain = copy.deepcopy(policy.model).float().merge_and_unload()
         plain.eval()
         self.lora_names: dict[str, Any] = {}
         prefix = "base_model.model."
@@ -221,16 +224,18 @@ def sample(
     eos = torch.tensor(_eos_ids(policy), device=device)
     state = _Sampler(len(prompts) * samples_per_prompt, temperature, generator, eos, tok.pad_token_id)
     args = (prompt_ids, prompt_mask, samples_per_prompt, max_new_tokens, state)
-    behaviour = None
     with torch.inference_mode():
         if sampler == "plain":
-            completion, alive, _ = _decode_dynamic(policy.model, *args)
+            completion, alive, chosen = _decode_dynamic(policy.model, *args)
         elif precision == "int8":
             completion, alive, chosen = _decode_static(int8_sampler(policy).model, *args)
-            behaviour = chosen
         else:
             with merged_lora(policy):
-                completion, alive, _ = _decode_static(policy.model, *args)
+                completion, alive, chosen = _decode_static(policy.model, *args)
+    # The sampler is not exactly pi_theta when it is int8, or when the model's logits are bfloat16
+    # (firm.logprobs computes pi_theta with a float32 head): carry log mu for the importance ratio.
+    off_policy = precision == "int8" or policy.precision.dtype != torch.float32
+    behaviour = chosen if off_policy else None
 
     # Clone outside inference mode: the results are normal tensors that autograd may save.
     completion, completion_mask = completion.clone(), alive.float().clone()

@@ -72,6 +72,7 @@ def _policy(config: Config, reuse_model: bool) -> Policy:
         policy.set_adapter(initial)
         return policy
     policy = build_policy(config.model, config.lora, config.federation.seed)
+    print(f"firm: compute dtype {policy.precision.name} ({policy.precision.reason})", file=sys.stderr)
     if reuse_model:
         _MODELS[key] = (policy, policy.get_adapter())
     return policy
@@ -172,6 +173,7 @@ def run(
         "objectives": names,
         "preference": list(config.objectives.preference_vector),
         "device": str(policy.device),
+        "compute_dtype": policy.precision.as_dict(),
         "adapter_parameters": sum(t.numel() for t in global_adapter.values()),
         "adapter_bytes": len(encode(global_adapter)),
         "status": "running",
@@ -399,7 +401,7 @@ def resume(run_dir: str | Path) -> RunResult:
             status = None
         if status == "completed":
             raise RunDirError(f"{path}: the run already completed; nothing to resume")
-    config = load_config(path / "config.toml")
+    config = load_config(path / "config.toml", upgrade=True)  # a run of an older firm may hold renamed keys
     if config.engine.name == "flower":
         # A new Flower run whose ServerApp continues this directory (its clients' states are on their nodes).
         from firm.engines.flower.submit import submit

@@ -16,9 +16,10 @@ from firm import algorithms, compression, data, objectives, palette, policy, rob
 from firm.config import Config, ConfigError, read_config
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- file (TOML or YAML) <- `key=value` overrides, then type checks and validation."""
-    config = read_config(path, overrides)
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, upgrade: bool = False) -> Config:
+    """Defaults <- file (TOML or YAML) <- `key=value` overrides, then type checks and validation
+    (`upgrade`: a run's own config.toml, renamed keys read under their new names: `read_config`)."""
+    config = read_config(path, overrides, upgrade=upgrade)
     validate(config)
     return config
 
@@ -90,7 +91,7 @@ def validate(config: Config) -> None:
         raise ConfigError("lora.target_modules: at least one module name is required")
     if not config.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout: must be in [0, 1), got {config.lora.dropout}")
-    policy.validate_device(config.model.device)
+    policy.validate_model(config.model)
     data.validate_config(config)
     for message in robust.config_warnings(config):
         _warn_once(message)

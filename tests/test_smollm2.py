@@ -56,3 +56,30 @@ def test_smollm2_run_and_final_adapter_loads_with_plain_peft(tmp_path: Path) -> 
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert out.shape[1] > ids["input_ids"].shape[1] and reply.strip()
+
+
+def test_smollm2_bf16_agrees_with_float32_within_the_stated_tolerances(tmp_path: Path) -> None:
+    """benchmarks/precision.py's check on the real model, one rollout (about 2 min where bf16 is emulated)."""
+    import sys
+    import warnings
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision.py"
+    spec = importlib.util.spec_from_file_location("benchmark_precision_slow", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    config = firm.load_config(
+        None,
+        [
+            'objectives.names=["helpfulness", "harmlessness"]',
+            "rollout.prompts_per_step=2",
+            "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=24",
+            f'output.dir="{tmp_path.as_posix()}"',
+        ],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        agreement = bench.measure(config, batches=1)
+    assert all(agreement.within().values()), agreement

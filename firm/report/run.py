@@ -364,6 +364,8 @@ def _html(run: Run, pngs: dict[str, bytes]) -> str:
     for key, label in (("adapter_parameters", "adapter parameters"), ("device", "device"), ("firm_version", "firm version")):
         if key in s:
             facts.append((label, f"{s[key]:,}" if isinstance(s[key], int) else str(s[key])))
+    if isinstance(s.get("compute_dtype"), dict):
+        facts.append(("compute dtype", f"{s['compute_dtype'].get('dtype')} ({s['compute_dtype'].get('reason')})"))
     parts.append("<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts) + "</table>")
 
     if run.palette is not None:

@@ -144,6 +144,7 @@ def runtime(config: Config, context: Context) -> _Runtime:
     else:
         print(f"firm: client {client_id}: loading model {config.model.name} (once per process)", file=sys.stderr, flush=True)
         policy = build_policy(config.model, config.lora, config.federation.seed)
+        print(f"firm: client {client_id}: compute dtype {policy.precision.name} ({policy.precision.reason})", file=sys.stderr)
     if _RUNTIME is not None and _RUNTIME.key == key:
         shard = _RUNTIME.shard
         objectives = _RUNTIME.objectives
