@@ -2,6 +2,15 @@
 
 - `eval.<objective>`: mean reward of completions sampled on the held-out prompts with a fixed
   generator (the same for every round and algorithm, so curves compare like with like).
+- `eval_se.<objective>`: the standard error of that mean. The G completions of one prompt are not
+  independent draws of the held-out distribution (they share the prompt), so the unit is the
+  prompt: with rbar_j the mean reward of prompt j's G completions and P prompts,
+      mean = (1/P) sum_j rbar_j,   se = sd(rbar_1..rbar_P) / sqrt(P)   (sd with P - 1; None if P < 2)
+  (the cluster-robust standard error of a mean over equal clusters).
+- Common random numbers: prompt chunk c is sampled from its own generator (Stream.EVAL, seed, 0,
+  c), so every round, algorithm and preference of a run with the same seed draws the same random
+  numbers for the same prompt, whatever the earlier chunks decoded; differences between two runs'
+  evaluations are then paired, prompt by prompt.
 - `kl`: mean per-token KL(pi_theta || pi_ref) over the sampled completion tokens, computed
   exactly over the vocabulary at each position (not a one-sample estimate):
   sum_v pi_theta(v | prefix) (log pi_theta(v | prefix) - log pi_ref(v | prefix)), with both
@@ -12,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +37,28 @@ EVAL_CHUNK = 8
 """Held-out prompts sampled per batch (bounds the [S, T, vocab] logits held for the exact KL)."""
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out rewards of one adapter (module docstring)."""
+
+    means: dict[str, float]
+    """Mean reward per objective over the P x G completions."""
+    stderr: dict[str, float | None]
+    """Standard error of each mean, prompts as the unit (None with fewer than 2 prompts)."""
+    kl: float
+    """Mean per-token KL(pi_theta || pi_ref), exact over the vocabulary."""
+    prompt_means: list[list[float]]
+    """[P][M] mean reward of each prompt's G completions: what the paired comparisons use."""
+
+
+def prompt_stderr(prompt_means: torch.Tensor) -> list[float | None]:
+    """[P, M] per-prompt means -> [M] standard errors sd_j / sqrt(P) (sd with P - 1), None if P < 2."""
+    num = prompt_means.shape[0]
+    if num < 2:
+        return [None] * prompt_means.shape[1]
+    return (prompt_means.std(dim=0, correction=1) / num**0.5).tolist()
+
+
 @torch.no_grad()
 def evaluate(
     policy: Policy,
@@ -36,14 +68,13 @@ def evaluate(
     max_new_tokens: int,
     temperature: float,
     seed: int,
-) -> tuple[dict[str, float], float]:
-    """(mean reward per objective, mean per-token KL to the reference) of the live adapter."""
-    generator = torch_generator(policy.device, Stream.EVAL, seed, 0)
-    reward_sum = torch.zeros(len(objectives), dtype=torch.float64)
-    num_seq = 0
+) -> Evaluation:
+    """Mean reward per objective with its standard error, and the mean per-token KL to the reference."""
+    per_prompt: list[torch.Tensor] = []
     kl_sum, kl_tokens = 0.0, 0.0
-    for start in range(0, len(prompts), EVAL_CHUNK):
+    for chunk_idx, start in enumerate(range(0, len(prompts), EVAL_CHUNK)):
         chunk = list(prompts[start : start + EVAL_CHUNK])
+        generator = torch_generator(policy.device, Stream.EVAL, seed, 0, chunk_idx)
         rollout = sample(policy, [p.text for p in chunk], samples_per_prompt, max_new_tokens, temperature, generator)
         logp = torch.log_softmax(completion_logits(policy, rollout, temperature), dim=-1)  # [S, T, V]
         with policy.reference():
@@ -60,13 +91,19 @@ def evaluate(
             reference=[chunk[g].reference for g in rollout.group],
             ref_logprobs=masked_rows(ref_token_logprobs, rollout.completion_mask),
         )  # [S, M]
-        reward_sum += rewards.to(torch.float64).sum(dim=0)
-        num_seq += rewards.shape[0]
+        per_prompt.append(rewards.to("cpu", torch.float64).view(len(chunk), samples_per_prompt, -1).mean(dim=1))  # [B, M]
         kl_tok = (logp.exp() * (logp - logq)).sum(dim=-1)  # [S, T]
         kl_sum += float((kl_tok * rollout.completion_mask).sum())
         kl_tokens += float(rollout.completion_mask.sum())
-    means = (reward_sum / max(num_seq, 1)).tolist()
-    return {name: means[m] for m, (name, _) in enumerate(objectives)}, kl_sum / max(kl_tokens, 1.0)
+    names = [name for name, _ in objectives]
+    table = torch.cat(per_prompt) if per_prompt else torch.zeros(0, len(names), dtype=torch.float64)  # [P, M]
+    means = table.mean(dim=0).tolist() if len(table) else [0.0] * len(names)
+    return Evaluation(
+        means=dict(zip(names, means, strict=True)),
+        stderr=dict(zip(names, prompt_stderr(table), strict=True)),
+        kl=kl_sum / max(kl_tokens, 1.0),
+        prompt_means=table.tolist(),
+    )
 
 
 @torch.no_grad()

@@ -10,6 +10,11 @@ Rewards live on arbitrary, different scales, so points are first mapped to [0, 1
 defaults to the worst corner, r = 0. HV then lies in [0, 1], and 1 means one point reached the
 upper bound on every objective.
 
+Fixed reference (`improvement_hypervolume`, what sweeps use): the reference is the base model's
+held-out rewards and each objective has a fixed scale, so HV is the volume of improvement over
+the starting policy and does not depend on which algorithms are compared. The normalised HV
+below remains for data without a base point.
+
 A hypervolume is comparable only with another one computed under the SAME normalisation: the
 default bounds are the min and max over the points given, so normalising each algorithm's points
 on their own would give each its own unit. `hypervolume_report` therefore normalises the points of
@@ -153,6 +158,29 @@ def hypervolume(points: npt.ArrayLike, normalization: Normalization, reference: 
     return min(hv, float(np.prod(np.maximum(1.0 - ref, 0.0))))
 
 
+def improvement_hypervolume(points: npt.ArrayLike, reference: npt.ArrayLike, scales: npt.ArrayLike = 1.0) -> float:
+    """Hypervolume of the improvement of points  # [N, M] over a FIXED reference  # [M], in fixed units.
+
+        HV_r(P) = vol( union_{p in P} [0, (p_1 - r_1) / s_1] x ... x [0, (p_M - r_M) / s_M] )
+
+    With r the base model's held-out rewards, this is the volume of improvement over the starting
+    policy; s (scalar or [M], e.g. 1 for rewards in [0, 1]) is fixed per task. Neither depends on
+    which points or algorithms are compared, so an algorithm's HV is the same alone and beside
+    others, and adding a point never lowers another's. A point that does not improve on every
+    objective adds nothing.
+    """
+    m = len(np.atleast_1d(np.asarray(reference, dtype=np.float64)))
+    ref = _as_vector(reference, "reference", m)
+    scale = _as_vector(scales, "scales", m)
+    if (scale <= 0).any():
+        raise ValueError(f"scales must be > 0, got {scale.tolist()}")
+    if np.size(points) == 0:
+        return 0.0
+    arr = _as_points(points, num_objectives=m)
+    gains = (arr - ref) / scale
+    return float(moocore.hypervolume(gains, ref=np.zeros(m), maximise=True))
+
+
 def hypervolume_report(
     points_by_name: Mapping[str, npt.ArrayLike], lower: npt.ArrayLike | None = None, upper: npt.ArrayLike | None = None
 ) -> dict[str, Any]:
@@ -189,6 +217,8 @@ def hypervolume_report(
 
 def hypervolume_by_round(
     evals_by_name: Mapping[str, Sequence[Mapping[int, Sequence[float]]]],
+    base: Sequence[float] | None = None,
+    scales: float | Sequence[float] = 1.0,
 ) -> tuple[dict[str, dict[int, float]], Normalization | None]:
     """Hypervolume per name (algorithm) and round under ONE min-max normalisation over every vector
     of every point at every round, all names together (so the rounds and the names share one unit).
@@ -196,11 +226,18 @@ def hypervolume_by_round(
     evals_by_name[name][k][round]  # [M]: point k's rewards at that round. A round counts for a name
     only if every one of its points has a vector then (fewer points would lower the HV); a name with
     no points is left out. Returns ({name: {round: HV}}, the normalisation), or ({}, None) without
-    any vector.
+    any vector. With `base`, `improvement_hypervolume` over it instead, and no normalisation (None).
     """
     every = [v for per_point in evals_by_name.values() for evals in per_point for v in evals.values()]
     if not every:
         return {}, None
+    if base is not None:  # fixed reference: each name's HV by round on its own (normalisation None)
+        fixed: dict[str, dict[int, float]] = {}
+        for name, per_point in evals_by_name.items():
+            if per_point:
+                rounds = sorted(set.intersection(*(set(evals) for evals in per_point)))
+                fixed[name] = {r: improvement_hypervolume([evals[r] for evals in per_point], base, scales) for r in rounds}
+        return fixed, None
     normalization = Normalization.from_points(every)
     out: dict[str, dict[int, float]] = {}
     for name, per_point in evals_by_name.items():
@@ -222,10 +259,41 @@ def preference_grid(num_objectives: int, divisions: int) -> list[tuple[float, ..
     return sorted(points, reverse=True)  # objective 1's weight from high to low
 
 
-def pareto_summary(finals: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, Any] | None:
-    """Hypervolume per algorithm of its final eval vectors finals[algorithm]  # [N, M], all algorithms
-    normalised together (`hypervolume_report`): sweep.json's "pareto", and what `firm compare`
-    shows for a sweep that has not written it yet. An algorithm without vectors is left out; None when
-    none has any."""
+def pareto_summary(
+    finals: Mapping[str, Sequence[Sequence[float]]], base: Sequence[float] | None = None, scales: float | Sequence[float] = 1.0
+) -> dict[str, Any] | None:
+    """Hypervolume per algorithm of its final eval vectors finals[algorithm]  # [N, M]: sweep.json's
+    "pareto", and what `firm compare` shows for a sweep that has not written it yet. An algorithm
+    without vectors is left out; None when none has any.
+
+    With `base` (the base model's held-out rewards [M], the same for every algorithm of the sweep)
+    the hypervolume is `improvement_hypervolume` over base in units of `scales`: fixed, the same for
+    an algorithm alone or beside others ("hypervolume"), written with the reference and the scales.
+    Without it (a sweep of an older firm), all algorithms normalised together (`hypervolume_report`).
+    """
     nonempty = {a: vectors for a, vectors in finals.items() if vectors}
-    return hypervolume_report(nonempty) if nonempty else None
+    if not nonempty:
+        return None
+    if base is None:
+        return hypervolume_report(nonempty)
+    m = len(base)
+    scale = _as_vector(scales, "scales", m)
+    return {
+        "reference": list(map(float, base)),
+        "scales": scale.tolist(),
+        "method": "improvement over the base model's held-out rewards: HV of (reward - reference) / scales over the "
+        "points that improve on every objective; fixed, independent of the algorithms compared",
+        "hypervolume": {a: improvement_hypervolume(v, base, scale) for a, v in nonempty.items()},
+        "front": {a: np.flatnonzero(non_dominated(v)).tolist() for a, v in nonempty.items()},
+    }
+
+
+def common_base(initial_evals: Sequence[Mapping[str, float] | None], names: Sequence[str]) -> list[float] | None:
+    """The base model's held-out rewards [M] shared by the sweep's points (one seed, one held-out set:
+    every run evaluates the same base model on the same prompts and seeds), or None if some point has
+    none or they differ (then the hypervolume falls back to one normalisation of all points)."""
+    vectors = [[float(e[n]) for n in names] for e in initial_evals if e]
+    if not vectors or len(vectors) != len(initial_evals):
+        return None
+    first = vectors[0]
+    return first if all(max(abs(a - b) for a, b in zip(v, first, strict=True)) <= 1e-9 for v in vectors) else None

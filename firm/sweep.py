@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from firm.config import Config, ConfigError, config_to_dict
-from firm.pareto import pareto_summary, preference_grid
+from firm.pareto import common_base, pareto_summary, preference_grid
 from firm.validation import validate
 
 
@@ -107,6 +107,7 @@ def sweep(config: Config, algorithms: Sequence[str], divisions: int) -> dict[str
                 "preference": list(pref),
                 "run_dir": name,
                 "status": summary.get("status"),
+                "initial_eval": summary.get("initial_eval"),
                 "final_eval": summary.get("final_eval"),
                 "final_kl": summary.get("final_kl"),
                 "total_upload_bytes": summary.get("total_upload_bytes"),
@@ -127,4 +128,4 @@ def _pareto(points: list[dict[str, Any]], names: list[str]) -> dict[str, Any] | 
     for p in points:
         if p["final_eval"]:
             finals.setdefault(p["algorithm"], []).append([p["final_eval"][n] for n in names])
-    return pareto_summary(finals)
+    return pareto_summary(finals, common_base([p.get("initial_eval") for p in points], names))

@@ -27,7 +27,7 @@ from firm.config import REFERENCES, Config, ConfigError, LoraConfig, ModelConfig
 from firm.data import FederatedPrompts, Prompt, federated_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.engines.server import RoundOutcome
-from firm.evaluation import base_vs_final_samples, evaluate
+from firm.evaluation import Evaluation, base_vs_final_samples, evaluate
 from firm.objectives import Objective, resolve_objective
 from firm.policy import Policy, build_policy
 from firm.robust import RoundFailed
@@ -162,7 +162,7 @@ def run(
             policy.set_adapter(global_adapter)
             rounds.client_states.update({int(k): v for k, v in ckpt.state.get("client_states", {}).items()})
 
-    def run_eval() -> tuple[dict[str, float], float]:
+    def run_eval() -> Evaluation:
         ro = config.rollout
         return evaluate(policy, objectives, prompts.eval, ev.samples_per_prompt, ro.max_new_tokens, ro.temperature, fed.seed)
 
@@ -193,6 +193,8 @@ def run(
             "algorithm": algorithm.name,
             "seed": fed.seed,
             "initial_eval": summary["initial_eval"],
+            "initial_eval_se": summary.get("initial_eval_se"),
+            "initial_eval_prompt_means": summary.get("initial_eval_prompt_means"),
             "initial_kl": summary["initial_kl"],
             "client_states": {str(k): v for k, v in client_states.items()},
             "server_state": server_state,
@@ -209,9 +211,17 @@ def run(
     try:
         if ckpt is not None and ckpt.state.get("initial_eval") is not None:
             initial_eval, initial_kl = ckpt.state["initial_eval"], ckpt.state["initial_kl"]
+            initial_se = ckpt.state.get("initial_eval_se")  # None in a checkpoint of an older firm
+            initial_prompts = ckpt.state.get("initial_eval_prompt_means")
         else:
-            initial_eval, initial_kl = run_eval()
-        summary.update(initial_eval=initial_eval, initial_kl=initial_kl)
+            base = run_eval()
+            initial_eval, initial_se, initial_kl, initial_prompts = base.means, base.stderr, base.kl, base.prompt_means
+        summary.update(
+            initial_eval=initial_eval,
+            initial_eval_se=initial_se,
+            initial_kl=initial_kl,
+            initial_eval_prompt_means=initial_prompts,
+        )
         for round_idx in range(first_round, fed.rounds + 1):
             progress.set_description(f"round {round_idx}/{fed.rounds}")
             round_start = time.perf_counter()
@@ -228,11 +238,14 @@ def run(
                         raise
                     print(f"firm: {err}; retrying the round ({attempt} of {fed.round_retries})", file=sys.stderr)
             eval_rewards: dict[str, float] | None = None
+            eval_se: dict[str, float | None] | None = None
+            eval_prompts: list[list[float]] | None = None
             kl: float | None = None
             times = dict(outcome.times)
             if round_idx % ev.every == 0 or round_idx == fed.rounds:
                 eval_start = time.perf_counter()
-                eval_rewards, kl = run_eval()
+                held_out = run_eval()
+                eval_rewards, eval_se, kl, eval_prompts = held_out.means, held_out.stderr, held_out.kl, held_out.prompt_means
                 times["eval"] = time.perf_counter() - eval_start
             times["round"] = time.perf_counter() - round_start
             weight_rows = list(outcome.weights.values())
@@ -240,6 +253,8 @@ def run(
                 "round": round_idx,
                 "clients": outcome.client_ids,
                 "eval": eval_rewards,
+                "eval_se": eval_se,
+                "eval_prompt_means": eval_prompts,
                 "kl": kl,
                 "train": {"reward": _mean_train_rewards(outcome.steps, names)},
                 "weights": {str(c): w for c, w in outcome.weights.items()},
@@ -274,6 +289,8 @@ def run(
             status="completed",
             rounds=fed.rounds,
             final_eval=final["eval"] if final else initial_eval,
+            final_eval_se=final.get("eval_se") if final else initial_se,
+            final_eval_prompt_means=final.get("eval_prompt_means") if final else initial_prompts,
             final_kl=final["kl"] if final else initial_kl,
             final_drift=metrics[-1]["drift"] if metrics else None,
             total_upload_bytes=sum(m["comm"]["upload_bytes"] for m in metrics),

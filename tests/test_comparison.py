@@ -82,8 +82,9 @@ def test_table_has_a_row_per_algorithm_with_the_sweep_figures(sweep_dir: Path) -
     html = (sweep_dir / "comparison.html").read_text()
     for hv in saved["pareto"]["hypervolume"].values():
         assert f"{hv:.4f}" in html
-    for bound in saved["pareto"]["normalization"]["lower"] + saved["pareto"]["normalization"]["upper"]:
-        assert f"{bound:.6g}" in html
+    assert saved["pareto"]["scales"] == [1.0, 1.0]  # fixed reference: the base model, the same in every run
+    for ref in saved["pareto"]["reference"]:
+        assert f"{ref:.6g}" in html
     assert "Hypervolume normalisation" in html and "Sweep config" in html and "&quot;divisions&quot;: 2" in html
 
 
@@ -116,12 +117,13 @@ def test_failed_missing_and_driftless_points_are_skipped_and_escaped(sweep_dir: 
         assert (root / "plots" / f"{name}.png").stat().st_size > 5_000
 
 
-def test_hypervolume_per_round_uses_one_normalisation(sweep_dir: Path, tmp_path: Path) -> None:
-    """Hand-set evals whose min and max over ALL algorithms and rounds are 0 and 1, so the normalisation is the identity.
+def test_hypervolume_per_round_is_the_improvement_over_the_base_model(sweep_dir: Path, tmp_path: Path) -> None:
+    """Hand-set evals; the base model (round 0) is (0, 0) in every run, so it is the fixed reference, scale 1.
 
     firm   r2: (1, .5), (.5, 1)   -> HV = 1 * .5 + .5 * 1 - .5 * .5 = 0.75;  r1: (.5, 0), (0, .5) -> 0 (on the reference)
-    fedavg r2: (.5, .5), (.5, .5) -> HV = .25.  Normalised on its own, fedavg's .5 would map to 1 and give 1.0.
-    Round 0 (base model) is (0, 0) everywhere: HV 0. fedavg-p02 has no eval at round 1, so fedavg has no round 1.
+    fedavg r2: (.5, .5), (.5, .5) -> HV = .25, whatever the other algorithms reached (a pooled min-max
+    normalisation would move it). Round 0 is the reference: HV 0. fedavg-p02 has no eval at round 1,
+    so fedavg has no round 1. With one run's base different, it falls back to one normalisation of all.
     """
     root = _copy_sweep(sweep_dir, tmp_path / "sw")
     evals = {
@@ -147,12 +149,17 @@ def test_hypervolume_per_round_uses_one_normalisation(sweep_dir: Path, tmp_path:
     (root / "sweep.json").write_text(json.dumps(saved))
 
     hv, normalization = _hv_by_round(load_sweep(root))
-    assert normalization is not None and normalization.lower == (0.0, 0.0) and normalization.upper == (1.0, 1.0)
+    assert normalization is None
     assert hv["firm"] == pytest.approx({0: 0.0, 1: 0.0, 2: 0.75})
     assert hv["fedavg"] == pytest.approx({0: 0.0, 2: 0.25})
     assert "fmgda" not in hv or not hv["fmgda"]
     write_comparison(root)  # the points that are not run yet are listed, the rest drawn
     assert "not run yet: firm-p01, fedavg-p01, fmgda-p00" in comparison_table(root)
+    summary_path = root / "fedavg-p00" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "initial_eval": dict.fromkeys(names, 0.1)}))
+    hv, normalization = _hv_by_round(load_sweep(root))  # no common base: min-max over every eval, 0 to 1 here
+    assert normalization is not None and normalization.lower == (0.0, 0.0) and normalization.upper == (1.0, 1.0)
 
 
 def test_compare_cli(sweep_dir: Path, tmp_path: Path) -> None:

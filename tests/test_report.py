@@ -83,12 +83,13 @@ def test_report_html_has_table_plots_config_and_escaped_samples(run_dir: Path, t
 def test_report_table(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     lines = report_table(run_dir).splitlines()
-    assert lines[0].split() == ["objective", "base", "final", "change"]
+    assert lines[0].split() == ["objective", "base", "final", "change", "±", "se"]
     pos = next(line for line in lines if line.startswith("positiveness")).split()
     base, final = summary["initial_eval"]["positiveness"], summary["final_eval"]["positiveness"]
-    assert pos == ["positiveness", f"{base:.4f}", f"{final:.4f}", f"{final - base:+.4f}"]
+    assert pos[:4] == ["positiveness", f"{base:.4f}", f"{final:.4f}", f"{final - base:+.4f}"] and len(pos) == 5
     assert any(line.startswith("kl") for line in lines)
-    assert lines[-1].startswith("bytes sent over 3 rounds: ")
+    assert any(line.startswith("bytes sent over 3 rounds: ") for line in lines)
+    assert any(line.startswith("± se: standard error of the change, paired over the") for line in lines)
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:

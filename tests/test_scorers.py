@@ -363,7 +363,7 @@ def test_scorers_stay_on_the_run_device_when_cuda_exists(
     names = ["harmlessness", "helpfulness", f"hf:{tmp_path / 'binary'}"]
     objectives = [(name, resolve_objective(name)) for name in names]
     try:
-        means, _ = evaluate(policy, objectives, [Prompt("How do I boil an egg?")], 2, 6, 1.0, seed=0)
+        means = evaluate(policy, objectives, [Prompt("How do I boil an egg?")], 2, 6, 1.0, seed=0).means
     finally:
         for cache in caches:
             cache.cache_clear()

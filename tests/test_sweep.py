@@ -34,7 +34,7 @@ def test_sweep_runs_every_point_and_resumes(tmp_path: Path) -> None:
     assert saved["points"] == result["points"]
     pareto = saved["pareto"]  # hypervolume per algorithm, with the normalisation and reference beside it
     assert set(pareto["hypervolume"]) == {"firm", "fedavg"} and all(0.0 <= v <= 1.0 for v in pareto["hypervolume"].values())
-    assert len(pareto["normalization"]["lower"]) == 2 and len(pareto["reference"]) == 2
+    assert len(pareto["scales"]) == 2 and len(pareto["reference"]) == 2  # the base model, the same in every point
     first_metrics = (root / "firm-p00" / "metrics.jsonl").read_text()
 
     # Simulate a crash: one point never completed. Resuming reruns only that point.

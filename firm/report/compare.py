@@ -170,12 +170,22 @@ def _comparison_html(sweep: Sweep, pngs: dict[str, bytes]) -> str:
     parts.append("</table>")
     parts.append(
         '<p class="sub">Rewards, drift and upload bytes: final values at each algorithm\'s preference closest to uniform. '
-        "Hypervolume: of all the algorithm's final points, normalised together with every other algorithm's "
-        f"({_esc(source)}). Wall time: summed over the algorithm's completed points. Points: used / expected.</p>"
+        + (
+            "Hypervolume: of the improvement of all the algorithm's final points over the base model (fixed reference and scales, below) "
+            if pareto and "scales" in pareto
+            else "Hypervolume: of all the algorithm's final points, normalised together with every other algorithm's "
+        )
+        + f"({_esc(source)}). Wall time: summed over the algorithm's completed points. Points: used / expected.</p>"
     )
 
     parts.append("<h2>Hypervolume normalisation</h2>")
-    if pareto:
+    if pareto and "scales" in pareto:
+        parts.append("<table><tr><th>objective</th><th>reference: base model's held-out reward</th><th>scale</th></tr>")
+        for name, ref, scale in zip(names, pareto["reference"], pareto["scales"], strict=False):
+            parts.append(f"<tr><td>{_esc(name)}</td><td class=num>{ref:.6g}</td><td class=num>{scale:g}</td></tr>")
+        parts.append("</table>")
+        parts.append(f'<p class="sub">{_esc(pareto.get("method", ""))}. Source: {_esc(source)}.</p>')
+    elif pareto:
         norm = pareto["normalization"]
         parts.append("<table><tr><th>objective</th><th>lower (→ 0)</th><th>upper (→ 1)</th><th>reference (normalised)</th></tr>")
         for name, lo, hi, ref in zip(names, norm["lower"], norm["upper"], pareto["reference"], strict=False):

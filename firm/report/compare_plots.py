@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from firm.pareto import Normalization, hypervolume_by_round, non_dominated, pareto_summary
+from firm.pareto import Normalization, common_base, hypervolume_by_round, non_dominated, pareto_summary
 from firm.report.load import Run, Sweep, _get, _num, _vector
 from firm.report.plotting import (
     HEIGHT,
@@ -51,7 +51,9 @@ def _sweep_pareto(sweep: Sweep) -> tuple[dict[str, Any] | None, str]:
     pareto = sweep.data.get("pareto")
     if isinstance(pareto, dict) and isinstance(pareto.get("hypervolume"), dict):
         return pareto, "sweep.json"
-    computed = pareto_summary({a: [p.final for p in sweep.usable(a)] for a in sweep.algorithms})
+    usable = [p for a in sweep.algorithms for p in sweep.usable(a)]
+    base = common_base([p.run.summary.get("initial_eval") if p.run else None for p in usable], sweep.objectives)
+    computed = pareto_summary({a: [p.final for p in sweep.usable(a)] for a in sweep.algorithms}, base)
     if computed is None:
         return None, "no completed points"
     return computed, "computed here from the completed points: sweep.json has none yet"
@@ -72,8 +74,10 @@ def _hv_by_round(sweep: Sweep) -> tuple[dict[str, dict[int, float]], Normalizati
     """algorithm -> round -> hypervolume of its usable points' evals at that round, and the normalisation
     (firm.pareto.hypervolume_by_round: ONE min-max normalisation over every point's eval at every round,
     all algorithms; a round counts for an algorithm only if every one of its points was evaluated then)."""
+    usable = [p for a in sweep.algorithms for p in sweep.usable(a)]
+    base = common_base([p.run.summary.get("initial_eval") if p.run else None for p in usable], sweep.objectives)
     return hypervolume_by_round(
-        {a: [_evals_by_round(p.run, sweep.objectives) for p in sweep.usable(a) if p.run] for a in sweep.algorithms}
+        {a: [_evals_by_round(p.run, sweep.objectives) for p in sweep.usable(a) if p.run] for a in sweep.algorithms}, base
     )
 
 
@@ -117,6 +121,11 @@ def _footnote(fig: Figure, text: str) -> None:
 def _normalization_text(pareto: dict[str, Any] | None, names: list[str]) -> str:
     if not pareto:
         return "no hypervolume: no completed points"
+    if "scales" in pareto:  # fixed reference: the base model
+        ref = "; ".join(
+            f"{n} {r:.4g} (scale {s:g})" for n, r, s in zip(names, pareto["reference"], pareto["scales"], strict=False)
+        )
+        return f"Hypervolume of the improvement over the base model's held-out rewards, the reference: {ref}; the same for an algorithm alone or beside others."
     norm = pareto["normalization"]
     bounds = "; ".join(f"{n} [{lo:.4g}, {hi:.4g}]" for n, lo, hi in zip(names, norm["lower"], norm["upper"], strict=False))
     method = str(norm.get("method", "")).split(",")[0]
@@ -186,8 +195,15 @@ def _plot_front(sweep: Sweep) -> Figure:
                     text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6.5, color=style["color"], ha=ha, va=va
                 )
         if pareto:
-            lower, upper, reference = (pareto["normalization"]["lower"], pareto["normalization"]["upper"], pareto["reference"])
-            ref = [lo + r * (hi - lo) for lo, hi, r in zip(lower, upper, reference, strict=False)]
+            if "scales" in pareto:  # the reference is the base model's rewards, in reward units
+                ref = list(pareto["reference"])
+            else:
+                lower, upper, reference = (
+                    pareto["normalization"]["lower"],
+                    pareto["normalization"]["upper"],
+                    pareto["reference"],
+                )
+                ref = [lo + r * (hi - lo) for lo, hi, r in zip(lower, upper, reference, strict=False)]
             ax.plot([ref[a]], [ref[b]], ls="none", marker="x", ms=8, mew=1.5, color="0.3", label="hypervolume reference point")
         ax.set_xlabel(f"{names[a]} (final eval reward)")
         ax.set_ylabel(f"{names[b]} (final eval reward)")
@@ -213,10 +229,15 @@ def _plot_hv_rounds(sweep: Sweep) -> Figure:
             values += series.values()
     if not values:
         _no_data(ax, "evaluation")
-    ax.set_title("Hypervolume per round\n(one normalisation over all algorithms and rounds)", fontsize="medium")
-    ax.set_ylabel("hypervolume of the sweep's points\n(normalised, in [0, 1])")
+    if normalization is None:  # fixed reference: the base model
+        ax.set_title("Hypervolume per round\n(improvement over the base model)", fontsize="medium")
+        ax.set_ylabel("hypervolume of the sweep's points\n(reward units above the base model)")
+        ax.set_ylim(0, _top(values))
+    else:
+        ax.set_title("Hypervolume per round\n(one normalisation over all algorithms and rounds)", fontsize="medium")
+        ax.set_ylabel("hypervolume of the sweep's points\n(normalised, in [0, 1])")
+        ax.set_ylim(0, min(_top(values), 1.1))
     _round_axis(ax, sorted({r for series in hv.values() for r in series}))
-    ax.set_ylim(0, min(_top(values), 1.1))
     _legend(ax, fontsize="small", title="algorithm")
     if normalization is not None:
         bounds = "; ".join(
@@ -228,6 +249,12 @@ def _plot_hv_rounds(sweep: Sweep) -> Figure:
             f"Normalisation: min-max over every completed point's eval at every round (round 0 = base model), all algorithms: "
             f"{bounds}; reference 0 (worst corner). Not sweep.json's normalisation (final points only), so the last round "
             "need not equal the table's hypervolume.",
+        )
+    elif values:
+        _footnote(
+            fig,
+            "Hypervolume of the improvement over the base model's held-out rewards (round 0), scale 1 per objective: "
+            "each algorithm's of its own points, the same alone or beside the others.",
         )
     return fig
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 class ReportError(ValueError):
     """The directory is not a readable run (or sweep) directory; the message names the file (and line)."""
@@ -94,6 +96,30 @@ class Run:
             last = next((row for row in reversed(self.metrics) if row.get("eval")), None)
             final = last["eval"] if last else {}
         return {k: _num(v) for k, v in final.items()}
+
+    @property
+    def base_eval_se(self) -> dict[str, float | None]:
+        """summary.initial_eval_se: the base model's standard errors (empty for a run of an older firm)."""
+        return dict(self.summary.get("initial_eval_se") or {})
+
+    @property
+    def final_eval_se(self) -> dict[str, float | None]:
+        """summary.final_eval_se; while running, the last evaluated round's."""
+        final = self.summary.get("final_eval_se")
+        if not final:
+            last = next((row for row in reversed(self.metrics) if row.get("eval")), None)
+            final = (last or {}).get("eval_se") or {}
+        return dict(final)
+
+    def change_se(self) -> dict[str, float | None]:
+        """Paired standard error of final - base per objective: sd_j(final_j - base_j) / sqrt(P) over the
+        held-out prompts j (both evaluated on the same prompts with the same sampling seeds)."""
+        base, final = self.summary.get("initial_eval_prompt_means"), self.summary.get("final_eval_prompt_means")
+        if not base or not final or len(base) != len(final) or len(base) < 2:
+            return {}
+        diffs = np.asarray(final, dtype=float) - np.asarray(base, dtype=float)  # [P, M]
+        se = diffs.std(axis=0, ddof=1) / np.sqrt(len(diffs))
+        return dict(zip(self.objectives, se.tolist(), strict=False))
 
     @property
     def base_kl(self) -> float | None:

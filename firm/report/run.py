@@ -57,10 +57,22 @@ def _plot_eval_rewards(run: Run) -> Figure:
     fig, (ax,) = _figure()
     base = run.base_eval
     plotted = False
+    se_base = run.base_eval_se
     for i, name in enumerate(run.objectives):
         raw: list[tuple[int, Any]] = [(0, base[name])] if name in base else []
         raw += [(r["round"], r["eval"][name]) for r in run.metrics if r.get("eval") and name in r["eval"]]
         plotted |= _plot_series(ax, raw, f"C{i}", name)
+        # error bars: +- 1 standard error of each evaluation (prompts as the unit), where recorded
+        errs = [(0, base[name], se_base.get(name))] if name in base else []
+        errs += [
+            (r["round"], r["eval"][name], (r.get("eval_se") or {}).get(name))
+            for r in run.metrics
+            if r.get("eval") and name in r["eval"]
+        ]
+        errs = [(x, y, e) for x, y, e in errs if isinstance(y, (int, float)) and isinstance(e, (int, float))]
+        if errs:
+            xs, ys, es = zip(*errs, strict=True)
+            ax.errorbar(xs, ys, yerr=es, fmt="none", ecolor=f"C{i}", capsize=2, lw=0.8)
     if not plotted:
         _no_data(ax, "evaluation")
     title = f"Held-out eval reward of the {run.subject}"
@@ -68,7 +80,8 @@ def _plot_eval_rewards(run: Run) -> Figure:
     ax.set_ylabel("mean reward per completion")
     _round_axis(ax, [0, *run.rounds] if base else run.rounds)
     band = " (band: min–max over clients)" if _has_bands(run.metrics, "eval") else ""
-    _legend(ax, title="objective" + band, fontsize="small")
+    bars = "; bars: ± 1 standard error" if any(r.get("eval_se") for r in run.metrics) else ""
+    _legend(ax, title="objective" + band + bars, fontsize="small")
     return fig
 
 
@@ -280,12 +293,21 @@ def _table_rows(run: Run) -> list[tuple[str, float | None, float | None, float |
 def report_table(run_dir: Path | str) -> str:
     """objective | base | final | change, then KL and bytes sent: what `firm train` prints at the end."""
     run = load_run(run_dir)
-    rows = [("objective", "base", "final", "change")]
-    rows += [(label, _fmt(b), _fmt(f), _fmt(c, signed=True)) for label, b, f, c in _table_rows(run)]
+    paired = run.change_se()
+    rows = [("objective", "base", "final", "change", "± se" if paired else "")]
+    rows += [
+        (label, _fmt(b), _fmt(f), _fmt(c, signed=True), _fmt(paired[label]) if paired.get(label) is not None else "")
+        for label, b, f, c in _table_rows(run)
+    ]
     w0 = max(len(r[0]) for r in rows)
-    w = [max(len(r[i]) for r in rows) for i in (1, 2, 3)]
-    lines = [f"{r[0]:<{w0}}  {r[1]:>{w[0]}}  {r[2]:>{w[1]}}  {r[3]:>{w[2]}}" for r in rows]
+    w = [max(len(r[i]) for r in rows) for i in (1, 2, 3, 4)]
+    lines = [f"{r[0]:<{w0}}  {r[1]:>{w[0]}}  {r[2]:>{w[1]}}  {r[3]:>{w[2]}}  {r[4]:>{w[3]}}".rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    if paired:
+        num = len(run.summary.get("initial_eval_prompt_means") or [])
+        lines.append(
+            f"± se: standard error of the change, paired over the {num} held-out prompts (same prompts and sampling seeds)"
+        )
     up, down = run.total_bytes
     lines.append(f"bytes sent over {len(run.metrics)} rounds: {_fmt_bytes(up)} up, {_fmt_bytes(down)} down")
     if run.palette is not None:
@@ -344,13 +366,16 @@ def _html(run: Run, pngs: dict[str, bytes]) -> str:
         parts.append(f'<p class="warn">status {_esc(status)}{_esc(detail)}; figures below cover the recorded rounds.</p>')
 
     parts.append("<h2>Base vs final</h2>")
-    parts.append("<table><tr><th>objective</th><th>base</th><th>final</th><th>change</th></tr>")
+    paired = run.change_se()
+    se_head = "<th>± se (paired)</th>" if paired else ""
+    parts.append(f"<table><tr><th>objective</th><th>base</th><th>final</th><th>change</th>{se_head}</tr>")
     for i, (label, b, f, change) in enumerate(_table_rows(run)):
         is_reward = i < len(run.objectives)  # for KL, higher is neither good nor bad by itself
         cls = "" if not is_reward or change is None or round(change, 4) == 0 else "up" if change > 0 else "down"
+        se_cell = f"<td class=num>{_fmt(paired.get(label))}</td>" if paired else ""
         parts.append(
             f"<tr><td>{_esc(label)}</td><td class=num>{_fmt(b)}</td><td class=num>{_fmt(f)}</td>"
-            f'<td class="{f"num {cls}" if cls else "num"}">{_fmt(change, signed=True)}</td></tr>'
+            f'<td class="{f"num {cls}" if cls else "num"}">{_fmt(change, signed=True)}</td>{se_cell}</tr>'
         )
     parts.append("</table>")
     up, down = run.total_bytes
