@@ -45,14 +45,19 @@ LABEL_OFFSETS = ((6, 5, "left", "bottom"), (6, -5, "left", "top"), (-6, 5, "righ
 # Hypervolumes: sweep.json's for the final points, firm.pareto's per round
 
 
+def _sweep_base(sweep: Sweep) -> list[float] | None:
+    """The base model's held-out rewards shared by every usable point (firm.pareto.common_base), or None."""
+    usable = [p for a in sweep.algorithms for p in sweep.usable(a)]
+    return common_base([p.run.summary.get("initial_eval") if p.run else None for p in usable], sweep.objectives)
+
+
 def _sweep_pareto(sweep: Sweep) -> tuple[dict[str, Any] | None, str]:
     """sweep.json's hypervolumes with their normalisation, or (sweep in progress) the same computed here by the
     function that writes them into sweep.json, over the usable points."""
     pareto = sweep.data.get("pareto")
     if isinstance(pareto, dict) and isinstance(pareto.get("hypervolume"), dict):
         return pareto, "sweep.json"
-    usable = [p for a in sweep.algorithms for p in sweep.usable(a)]
-    base = common_base([p.run.summary.get("initial_eval") if p.run else None for p in usable], sweep.objectives)
+    base = _sweep_base(sweep)
     computed = pareto_summary({a: [p.final for p in sweep.usable(a)] for a in sweep.algorithms}, base)
     if computed is None:
         return None, "no completed points"
@@ -74,8 +79,7 @@ def _hv_by_round(sweep: Sweep) -> tuple[dict[str, dict[int, float]], Normalizati
     """algorithm -> round -> hypervolume of its usable points' evals at that round, and the normalisation
     (firm.pareto.hypervolume_by_round: ONE min-max normalisation over every point's eval at every round,
     all algorithms; a round counts for an algorithm only if every one of its points was evaluated then)."""
-    usable = [p for a in sweep.algorithms for p in sweep.usable(a)]
-    base = common_base([p.run.summary.get("initial_eval") if p.run else None for p in usable], sweep.objectives)
+    base = _sweep_base(sweep)
     return hypervolume_by_round(
         {a: [_evals_by_round(p.run, sweep.objectives) for p in sweep.usable(a) if p.run] for a in sweep.algorithms}, base
     )
