@@ -275,7 +275,7 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
     """`firm palette`: solve the targets, print the table, optionally decode best-of-n; exit 0 feasible, 1 infeasible."""
     from pathlib import Path
 
-    from firm.data import PromptFileError, federated_prompts
+    from firm.data import PromptFileError, split_prompts
     from firm.objectives import ObjectiveError, resolve_objective
     from firm.palette import PaletteSolveError
     from firm.palette.output import decoding_table, solution_table, write_palette
@@ -294,7 +294,7 @@ def _palette(config: Config, best_of_n: int, out: str | None) -> int:
         return 2
     fed = config.federation
     try:
-        prompts = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed)
+        prompts = split_prompts(config)
         policy = build_policy(config.model, config.lora, fed.seed)
     except (PromptFileError, PolicyError) as err:
         print(f"firm: error: {err}", file=sys.stderr)

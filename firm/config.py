@@ -1,10 +1,9 @@
 """One typed config for a FIRM run: frozen dataclasses, loaded from TOML/YAML, overridable by dotted keys.
 
-Every field has a type, a default and a docstring (the attribute docstring right below it, which
-`firm train --help` prints). A TOML or YAML file and `key=value` overrides on the command line
-are both serialisations of this one tree; `config_from_dict` / `config_to_dict` are the one
-converter pair, and every bad input raises `ConfigError` with a one-line message naming the
-dotted key and what is allowed.
+Every field has a type, a default and a docstring (the attribute docstring right below it, which `firm train --help`
+prints). A TOML or YAML file and `key=value` overrides on the command line are both serialisations of this one tree;
+`config_from_dict` / `config_to_dict` are the one converter pair, and every bad input raises `ConfigError` with a
+one-line message naming the dotted key and what is allowed.
 """
 
 from __future__ import annotations
@@ -168,6 +167,8 @@ class DataConfig:
     """Share of provocative prompts in each client's shard, values in [0, 1] given to clients in order (repeating if there are more clients); empty = the partition's natural mix."""
     eval_provocative_share: float = -1.0
     """Share of provocative prompts in the held-out set; negative = their share in the pooled sources."""
+    seed: int = -1
+    """Seed of the data: held-out set, client partition, provocation mixing and the held-out sampling seeds; -1 = federation.seed. Fix it (e.g. 0) while varying federation.seed to compare training seeds on the same prompts and sampling seeds."""
 
 
 @dataclass(frozen=True)
@@ -269,9 +270,6 @@ class Config:
     @property
     def num_objectives(self) -> int:
         return len(self.objectives.names)
-
-
-# --------------------------------------------------------------------------- conversion
 
 
 def _type_name(tp: Any) -> str:

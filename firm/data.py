@@ -13,7 +13,7 @@ Sources (`SOURCES`, each a function returning `list[Prompt]` in a fixed order; a
 - a JSONL file: one `{"prompt": str, "reference"?: str, "topic"?: str, "provocative"?: bool}` per line.
 
 `federated_prompts` turns `DataConfig` into client shards in four steps, all random draws derived
-from the run seed (stream `firm.seeding.Stream.PARTITION`, one sub-stream per step, so that e.g. changing
+from the data seed (`data.seed`, or the run seed `federation.seed` when it is -1; `data_seed`; stream `firm.seeding.Stream.PARTITION`, one sub-stream per step, so that e.g. changing
 the partition leaves the held-out set unchanged):
 
 1. Pool: the sources concatenated in the given order, each cut to `max_prompts_per_source` evenly
@@ -304,6 +304,16 @@ def provocative_counts(num_plain: int, ratio: float, supply: int) -> tuple[int, 
 # --------------------------------------------------------------------------- the federation
 
 
+def data_seed(config: Config) -> int:
+    """The seed of the held-out set, the partition and the held-out sampling: `data.seed`, or `federation.seed` if it is -1."""
+    return config.federation.seed if config.data.seed == -1 else config.data.seed
+
+
+def split_prompts(config: Config) -> FederatedPrompts:
+    """`federated_prompts` for a whole config: its data section, clients, held-out size and data seed."""
+    return federated_prompts(config.data, config.federation.num_clients, config.eval.num_prompts, data_seed(config))
+
+
 def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed: int) -> FederatedPrompts:
     """Pool -> held-out set -> partition -> provocation mixing (module docstring); infeasible data raises ConfigError.
 
@@ -385,7 +395,7 @@ def federated_prompts(config: DataConfig, num_clients: int, num_eval: int, seed:
 
 def validate_config(config: Config) -> None:
     """The data.* checks; the ones that need the prompts themselves are raised by `firm.data.federated_prompts`."""
-    data, num_clients = config.data, config.federation.num_clients
+    data = config.data
     if not data.sources:
         raise ConfigError(f"data.sources: at least one source is required; allowed: {', '.join(SOURCES)} or a JSONL file path")
     for i, source in enumerate(data.sources):
@@ -393,6 +403,8 @@ def validate_config(config: Config) -> None:
             raise ConfigError(
                 f"data.sources[{i}]: unknown source {source!r} and no such file; allowed: {', '.join(SOURCES)} or a JSONL file path"
             )
+    if data.seed < -1:
+        raise ConfigError(f"data.seed: must be >= 0, or -1 for federation.seed; got {data.seed}")
     if not data.dirichlet_alpha > 0:
         raise ConfigError(f"data.dirichlet_alpha: must be > 0, got {data.dirichlet_alpha}")
     if data.max_prompts_per_source < 0:
@@ -405,6 +417,6 @@ def validate_config(config: Config) -> None:
         if not 0 <= ratio <= 1:
             raise ConfigError(f"data.provocative_ratios[{i}]: must be in [0, 1], got {ratio}")
     try:
-        federated_prompts(data, num_clients, config.eval.num_prompts, config.federation.seed)
+        split_prompts(config)
     except PromptFileError as err:
         raise ConfigError(f"data.sources: {err}") from None

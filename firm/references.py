@@ -11,7 +11,7 @@
   mean and the spread (std, min, max) over clients of every eval reward and the KL, and a
   `summary.json` with the same for the final figures.
 
-Both use exactly the config's partition (`federated_prompts` with the config's seed), so they are
+Both use exactly the config's partition (`split_prompts`: the config's data seed), so they are
 comparable with a federated run of the same config.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from firm.config import Config
-from firm.data import FederatedPrompts, federated_prompts
+from firm.data import FederatedPrompts, split_prompts
 from firm.rundir import RunDir, run_name, write_atomic
 from firm.train import RunResult, run
 from firm.validation import validate
@@ -47,7 +47,7 @@ def run_centralized(config: Config) -> RunResult:
     """One learner on all clients' training prompts, clients_per_round x K steps per round, no communication."""
     validate(config)
     fed = config.federation
-    split = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed)
+    split = split_prompts(config)
     pooled = FederatedPrompts(clients=(tuple(p for shard in split.clients for p in shard),), eval=split.eval)
     name = run_name(config, "centralized")
     single = _single_learner(config, config.algorithm.local_steps * fed.clients_per_round, config.output.dir, name)
@@ -70,7 +70,7 @@ def run_local(config: Config) -> RunResult:
     """Every client alone on its own shard; returns the parent directory and the mean/spread over clients."""
     validate(config)
     fed = config.federation
-    split = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed)
+    split = split_prompts(config)
     name = run_name(config, "local")
     parent = RunDir(dataclasses.replace(config, output=dataclasses.replace(config.output, name=name)), __version__)
     clients: list[RunResult] = []

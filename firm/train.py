@@ -24,7 +24,7 @@ from firm.algorithms import Algorithm
 from firm.algorithms.protocol import ServerState
 from firm.codec import Adapter, encode
 from firm.config import REFERENCES, Config, ConfigError, LoraConfig, ModelConfig
-from firm.data import FederatedPrompts, Prompt, federated_prompts
+from firm.data import FederatedPrompts, Prompt, data_seed, split_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.engines.server import RoundOutcome
 from firm.evaluation import Evaluation, base_vs_final_samples, evaluate
@@ -139,7 +139,7 @@ def run(
     names = list(config.objectives.names)
     objectives = [(name, resolve_objective(name)) for name in names]
     if prompts is None:
-        prompts = federated_prompts(config.data, fed.num_clients, ev.num_prompts, fed.seed)
+        prompts = split_prompts(config)
     policy = _policy(config, reuse_model)
     palette: dict[str, Any] | None = None
     if config.palette.targets:  # MAP targets -> the preference every algorithm trains with
@@ -164,7 +164,9 @@ def run(
 
     def run_eval() -> Evaluation:
         ro = config.rollout
-        return evaluate(policy, objectives, prompts.eval, ev.samples_per_prompt, ro.max_new_tokens, ro.temperature, fed.seed)
+        return evaluate(
+            policy, objectives, prompts.eval, ev.samples_per_prompt, ro.max_new_tokens, ro.temperature, data_seed(config)
+        )
 
     summary: dict[str, Any] = {
         "firm_version": __version__,
@@ -281,7 +283,7 @@ def run(
         progress.set_description("samples")
         ro = config.rollout
         samples = base_vs_final_samples(
-            policy, objectives, _sample_prompts(prompts.eval), ro.max_new_tokens, ro.temperature, fed.seed
+            policy, objectives, _sample_prompts(prompts.eval), ro.max_new_tokens, ro.temperature, data_seed(config)
         )
         run_dir.write_jsonl("samples.jsonl", samples)
         final = next((m for m in reversed(metrics) if m["eval"] is not None), None)

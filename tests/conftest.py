@@ -38,6 +38,10 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     """The dotted overrides of `tiny_config`, for tests that go through the CLI."""
     return [
         "model.name=tiny",
+        # float32 on every machine: `auto` picks bfloat16 on a CPU with AVX512-BF16 or AMX, and the
+        # pinned figures (tests/test_pinned.py) and tolerances are float32's; tests/test_precision.py
+        # covers bfloat16 explicitly.
+        "model.compute_dtype=float32",
         'objectives.names=["positiveness", "conciseness"]',
         'data.sources=["builtin"]',
         "data.partition=iid",
@@ -113,4 +117,4 @@ def tiny_policy():  # type: ignore[no-untyped-def]
     from firm.config import LoraConfig, ModelConfig
     from firm.policy import build_policy
 
-    return build_policy(ModelConfig(name="tiny"), LoraConfig(), seed=0)
+    return build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(), seed=0)

@@ -260,7 +260,7 @@ def _initial_adapter() -> dict[str, torch.Tensor]:
     from firm.config import LoraConfig, ModelConfig
     from firm.policy import build_policy
 
-    return build_policy(ModelConfig(name="tiny"), LoraConfig(), seed=0).get_adapter()
+    return build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(), seed=0).get_adapter()
 
 
 def test_the_norm_screen_alone_stops_a_scaled_update_with_plain_averaging(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from firm.algorithms.protocol import as_prober
 from firm.client import problem_sampler
 from firm.compression import encode_uploads
 from firm.config import Config
-from firm.data import Prompt, federated_prompts, load_jsonl
+from firm.data import Prompt, load_jsonl, split_prompts
 from firm.engines.flower.engine import FlowerEngine
 from firm.engines.flower.node_state import ClientStateStore
 from firm.engines.flower.palette import node_reply, solve_on_nodes, with_server_preference
@@ -150,11 +150,7 @@ def runtime(config: Config, context: Context) -> _Runtime:
         objectives = _RUNTIME.objectives
     else:
         objectives = [(name, resolve_objective(name)) for name in config.objectives.names]
-        if prompt_file:
-            shard = load_jsonl(Path(prompt_file))
-        else:
-            fed = config.federation
-            shard = federated_prompts(config.data, fed.num_clients, config.eval.num_prompts, fed.seed).clients[client_id]
+        shard = load_jsonl(Path(prompt_file)) if prompt_file else split_prompts(config).clients[client_id]
         print(
             f"firm: client {client_id}: {len(shard)} prompts, objectives {', '.join(config.objectives.names)}",
             file=sys.stderr,
