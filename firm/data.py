@@ -13,8 +13,9 @@ Sources (`SOURCES`, each a function returning `list[Prompt]` in a fixed order; a
 - a JSONL file: one `{"prompt": str, "reference"?: str, "topic"?: str, "provocative"?: bool}` per line.
 
 `federated_prompts` turns `DataConfig` into client shards in four steps, all random draws derived
-from the data seed (`data.seed`, or the run seed `federation.seed` when it is -1; `data_seed`; stream `firm.seeding.Stream.PARTITION`, one sub-stream per step, so that e.g. changing
-the partition leaves the held-out set unchanged):
+from the data seed (`data_seed`: `data.seed`, or the run seed `federation.seed` when it is -1;
+stream `firm.seeding.Stream.PARTITION`, one sub-stream per step, so that e.g. changing the
+partition leaves the held-out set unchanged):
 
 1. Pool: the sources concatenated in the given order, each cut to `max_prompts_per_source` evenly
    spaced prompts; a prompt whose text (ignoring case, spacing and punctuation) was already seen is

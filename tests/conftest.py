@@ -30,8 +30,11 @@ from pathlib import Path
 import pytest
 
 import firm.validation
-from firm.config import Config
+from firm.config import Config, ModelConfig
 from firm.validation import load_config
+
+TINY_MODEL = ModelConfig(name="tiny", compute_dtype="float32")
+"""The tiny random model in float32 on every machine (see `tiny_overrides`)."""
 
 
 def tiny_overrides(tmp_path: Path) -> list[str]:
@@ -114,7 +117,7 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
 
 @pytest.fixture(scope="session")
 def tiny_policy():  # type: ignore[no-untyped-def]
-    from firm.config import LoraConfig, ModelConfig
+    from firm.config import LoraConfig
     from firm.policy import build_policy
 
-    return build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(), seed=0)
+    return build_policy(TINY_MODEL, LoraConfig(), seed=0)

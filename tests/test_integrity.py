@@ -24,7 +24,7 @@ from firm.engines.inprocess import InProcessEngine
 from firm.rundir import replace_dir_atomic
 from firm.seeding import derive_seed
 from firm.train import resume, run
-from tests.conftest import tiny_config
+from tests.conftest import TINY_MODEL, tiny_config
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -164,10 +164,10 @@ def test_lora_dropout_is_reproduced_by_the_run_seed_alone(tmp_path: Path) -> Non
 
 
 def test_seeded_dropout_leaves_the_callers_global_rng_alone(tiny_policy: Any) -> None:
-    from firm.config import LoraConfig, ModelConfig
+    from firm.config import LoraConfig
     from firm.policy import build_policy
 
-    policy = build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(dropout=0.5), seed=0)
+    policy = build_policy(TINY_MODEL, LoraConfig(dropout=0.5), seed=0)
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)

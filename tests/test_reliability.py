@@ -30,7 +30,7 @@ from firm.robust import Candidate as C
 from firm.robust import RobustMean, RoundFailed, check_update, screen
 from firm.train import resume, run
 from firm.validation import load_config
-from tests.conftest import CliResult, firm_cli, tiny_config
+from tests.conftest import TINY_MODEL, CliResult, firm_cli, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,10 +257,10 @@ def test_median_and_trimmed_mean_withstand_one_bad_client_of_five_and_the_mean_d
 
 
 def _initial_adapter() -> dict[str, torch.Tensor]:
-    from firm.config import LoraConfig, ModelConfig
+    from firm.config import LoraConfig
     from firm.policy import build_policy
 
-    return build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(), seed=0).get_adapter()
+    return build_policy(TINY_MODEL, LoraConfig(), seed=0).get_adapter()
 
 
 def test_the_norm_screen_alone_stops_a_scaled_update_with_plain_averaging(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from firm.objectives import resolve_objective
 from firm.policy import PolicyError, build_policy
 from firm.policy_gradient import PolicyGradientProblem
 from firm.validation import load_config
-from tests.conftest import tiny_config
+from tests.conftest import TINY_MODEL, tiny_config
 
 
 def test_garbage_after_eos_cannot_poison_the_gradient(tiny_policy) -> None:  # type: ignore[no-untyped-def]
@@ -85,7 +85,7 @@ def test_more_config_errors(overrides: list[str], message: str) -> None:
 
 def test_unmatched_lora_targets_and_missing_model_are_policy_errors(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match=r"lora.target_modules \['nope'\]"):
-        build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(target_modules=("nope",)), seed=0)
+        build_policy(TINY_MODEL, LoraConfig(target_modules=("nope",)), seed=0)
     with pytest.raises(PolicyError, match="cannot be loaded"):
         build_policy(ModelConfig(name=str(tmp_path / "no-model-here")), LoraConfig(), seed=0)
 
@@ -93,7 +93,7 @@ def test_unmatched_lora_targets_and_missing_model_are_policy_errors(tmp_path: Pa
 def test_lora_dropout_only_in_the_gradient_forward() -> None:
     from firm.logprobs import token_logprobs
 
-    policy = build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(dropout=0.5), seed=0)
+    policy = build_policy(TINY_MODEL, LoraConfig(dropout=0.5), seed=0)
     gen = torch.Generator().manual_seed(0)
     policy.set_adapter({k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in policy.get_adapter().items()})
     problem = PolicyGradientProblem(

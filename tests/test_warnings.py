@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from firm.config import LoraConfig, ModelConfig
+from firm.config import LoraConfig
 from firm.logprobs import token_logprobs
 from firm.policy import build_policy
 from firm.rollout import sample
 from firm.train import run
-from tests.conftest import tiny_config
+from tests.conftest import TINY_MODEL, tiny_config
 
 DEPRECATIONS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
 
@@ -31,7 +31,7 @@ def test_a_tiny_run_and_both_samplers_warn_nothing(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run(tiny_config(tmp_path, "federation.rounds=1"))  # model and LoRA built, rollouts, gradient steps, eval, saves
-        policy = build_policy(ModelConfig(name="tiny", compute_dtype="float32"), LoraConfig(), seed=0)
+        policy = build_policy(TINY_MODEL, LoraConfig(), seed=0)
         generator = torch.Generator().manual_seed(0)
         for sampler in ("plain", "fast"):
             rollout = sample(policy, ["How was your day today?"], 2, 6, 1.0, generator, sampler=sampler)  # type: ignore[arg-type]
