@@ -16,6 +16,8 @@ from firm.validation import load_config
 from firm.version import __version__
 
 EPILOG_HEAD = "config keys (override any of them as key=value; lists as [a, b]):\n"
+DEFAULT_ARMS = {"sweep": "firm,fedavg", "compare": "firm,fedavg,mgda,fmgda"}
+"""--algorithms of `firm sweep` and `firm compare` when neither it nor --arm is given."""
 
 
 @functools.cache
@@ -33,13 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sweep = sub.add_parser(
         "sweep",
-        help="train each algorithm at evenly spaced preference vectors (resumable); writes sweep.json with hypervolumes",
+        help="train each arm (algorithm variant) at evenly spaced preference vectors, once per seed (resumable); "
+        "writes sweep.json with hypervolumes and their intervals over seeds",
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
-    sweep.add_argument("--algorithms", default="firm,fedavg", help="comma-separated algorithms (default: firm,fedavg)")
+    sweep.add_argument("--algorithms", help="comma-separated algorithms, each an arm (default without --arm: firm,fedavg)")
     sweep.add_argument("--divisions", type=int, default=4, help="simplex lattice step 1/D (M = 2: D + 1 points; default 4)")
+    _arm_arguments(sweep)
     sweep.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides; output.name names the sweep (rerun it to resume)"
     )
@@ -106,16 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR")
     compare = sub.add_parser(
         "compare",
-        help="run the chosen algorithms on one config (a resumable preference sweep, same seeds) and write comparison.html; "
+        help="run the chosen arms on one config (a resumable preference sweep over seeds, paired evaluation) and write "
+        "comparison.html (means and 95%% intervals over seeds); "
         "or, given an existing SWEEP_DIR, just rewrite its comparison",
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
     compare.add_argument(
-        "--algorithms", default="firm,fedavg,mgda,fmgda", help="comma-separated (default: firm,fedavg,mgda,fmgda)"
+        "--algorithms", help="comma-separated algorithms, each an arm (default without --arm: firm,fedavg,mgda,fmgda)"
     )
     compare.add_argument("--divisions", type=int, default=2, help="preference grid step 1/D (default 2: three points for M = 2)")
+    _arm_arguments(compare)
     compare.add_argument(
         "targets", nargs="*", metavar="SWEEP_DIR | key=value", help="an existing sweep directory, or dotted overrides"
     )
@@ -137,6 +143,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _arm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="LABEL:key=value,...",
+        help="an algorithm variant, repeatable, e.g. fmgda-sgd:algorithm.name=fmgda,algorithm.optimizer=sgd,algorithm.lr=0.05",
+    )
+    parser.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="run every point once per federation.seed, e.g. 0,1,2 (default: the config's); data.seed stays fixed",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
@@ -149,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _train(None, args.resume)
     if args.command == "compare" and len(args.targets) == 1 and "=" not in args.targets[0] and args.config is None:
+        if args.arm or args.seeds or args.algorithms:
+            print("firm: error: give either SWEEP_DIR (rewrite its comparison) or the sweep to run, not both", file=sys.stderr)
+            return 2
         return _compare(args.targets[0])
     if args.command == "compare":
         args.overrides = args.targets
@@ -163,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_to_toml(config), end="")
         return 0
     if args.command == "sweep":
-        return _sweep(config, args.algorithms, args.divisions)
+        return _sweep(config, args)
     if args.command == "palette":
         return _palette(config, args.best_of_n, args.out)
     if args.command == "compare":
@@ -173,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from firm.rundir import default_run_name
 
             config = dataclasses.replace(config, output=dataclasses.replace(config.output, name=default_run_name("compare")))
-        status = _sweep(config, args.algorithms, args.divisions)
+        status = _sweep(config, args)
         if status != 0:
             return status
         from firm.sweep import sweep_dir
@@ -368,29 +392,24 @@ def _flower(args: argparse.Namespace) -> int:
         return 1
 
 
-def _sweep(config: Config, algorithms: str, divisions: int) -> int:
-    from firm.sweep import sweep
+def _sweep(config: Config, args: argparse.Namespace) -> int:
+    from firm.sweep import Arm, parse_seeds, sweep, sweep_table
 
-    if divisions < 1:
+    if args.divisions < 1:
         print("firm: error: --divisions: must be >= 1", file=sys.stderr)
         return 2
     try:
-        result = sweep(config, [a.strip() for a in algorithms.split(",") if a.strip()], divisions)
+        names = args.algorithms if args.algorithms is not None or args.arm else DEFAULT_ARMS[args.command]
+        arms = [Arm.of(a.strip()) for a in (names or "").split(",") if a.strip()] + [Arm.parse(a) for a in args.arm]
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        result = sweep(config, arms, args.divisions, seeds)
     except ConfigError as err:
         print(f"firm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("firm: interrupted; finished points are kept, rerun the same command to resume", file=sys.stderr)
         return 130
-    names = list(config.objectives.names)
-    print("algorithm  preference      " + "  ".join(f"{n:>12s}" for n in names))
-    for p in result["points"]:
-        pref = "(" + ", ".join(f"{v:.2f}" for v in p["preference"]) + ")"
-        evals = p["final_eval"] or {}
-        print(f"{p['algorithm']:<10s} {pref:<15s} " + "  ".join(f"{evals.get(n, float('nan')):12.4f}" for n in names))
-    if result.get("pareto"):
-        hv = result["pareto"]["hypervolume"]
-        print("hypervolume (normalised together, see sweep.json): " + ", ".join(f"{a} {v:.4f}" for a, v in hv.items()))
+    print(sweep_table(result))
     print(f"sweep directory: {result['path']}")
     return 0
 

@@ -102,7 +102,13 @@ class AlgorithmConfig:
     server_lr: float = 1.0
     """eta_g: server step on the averaged client delta."""
     reg: float = 1.0
-    """FIRM's regularisation strength on the weights (scale-free, see docs/algorithms/firm.md)."""
+    """FIRM's regularisation strength on the weights (scale-free, see docs/algorithms/firm.md); with a reg_schedule, that of round 1."""
+    anchor: Literal["preference", "uniform", "previous"] = "preference"
+    """FIRM's anchor, the point its weights are pulled towards: `preference` (p), `uniform` (1/M each), or `previous` (the lambda of the client's previous optimizer step; at a round's first step that of its last round, kept in its client state; p the first time). Their fixed points: docs/algorithms/firm.md."""
+    reg_schedule: Literal["constant", "linear", "cosine", "exponential"] = "constant"
+    """How FIRM's reg moves over the rounds: from `reg` at round 1 to `reg_final` at the last (formulas: docs/algorithms/firm.md)."""
+    reg_final: float = -1.0
+    """FIRM's reg of the last round under a reg_schedule, >= 0 (`exponential`: > 0); negative = unset, as `constant` needs."""
     beta_kl: float = 0.05
     """Weight of the per-token KL penalty to the reference (adapter-disabled) model."""
     advantage_eps: float = 1e-6
@@ -354,8 +360,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Build a Config from nested plain data (a parsed TOML/YAML file): keys and types checked here,
     values by `firm.validation.validate` (which `firm.validation.load_config` calls)."""
-    config: Config = _build(Config, data, "")
-    return config
+    return typing.cast(Config, _build(Config, data, ""))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -368,8 +373,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             return {k: plain(v) for k, v in x.items()}
         return x
 
-    result: dict[str, Any] = plain(dataclasses.asdict(config))
-    return result
+    return typing.cast(dict[str, Any], plain(dataclasses.asdict(config)))
 
 
 def config_to_toml(config: Config) -> str:
@@ -422,9 +426,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def upgrade_renamed(data: dict[str, Any]) -> list[str]:
-    """Move every key of RENAMED found in `data` to its new name, in place; returns the moved keys.
-    For a run directory's own config.toml written by an older firm (resume), not for a user's file,
-    where an old key is refused with its new name so that the file gets fixed."""
+    """Move every key of RENAMED in `data` to its new name, in place; returns the moved keys. For a run's own
+    config.toml written by an older firm (resume); in a user's file an old key is refused with its new name."""
     moved = []
     for old, new in RENAMED.items():
         *parents, leaf = old.split(".")
@@ -440,9 +443,8 @@ def upgrade_renamed(data: dict[str, Any]) -> list[str]:
 
 
 def read_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, upgrade: bool = False) -> Config:
-    """Defaults <- file (TOML or YAML) <- `key=value` overrides, with keys and types checked; not the
-    values: `firm.validation.load_config` is this and `validate`, what the CLI and `firm.load_config` use.
-    `upgrade`: the file is a run's own config.toml; renamed keys in it are read under their new names."""
+    """Defaults <- file (TOML or YAML) <- `key=value` overrides; keys and types checked, not values (that is
+    `firm.validation.load_config`). `upgrade`: the file is a run's own config.toml, renamed keys read as their new names."""
     data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
     if upgrade:
         for old in upgrade_renamed(data):
@@ -463,11 +465,8 @@ def read_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
 
 @functools.cache
 def field_help() -> tuple[tuple[str, str, str, str], ...]:
-    """(dotted key, type, default, docstring) for every leaf field, read from the attribute docstrings.
-
-    Computed once per process: reading the source of every section costs over a second, and the
-    CLI's parser asks for it once per subcommand.
-    """
+    """(dotted key, type, default, docstring) of every leaf field, from the attribute docstrings; cached (reading
+    every section's source costs over a second, and the CLI's parser asks once per subcommand)."""
     rows: list[tuple[str, str, str, str]] = []
     defaults = config_to_dict(Config())
     for section in dataclasses.fields(Config):

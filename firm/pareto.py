@@ -23,6 +23,11 @@ all algorithms together and writes the bounds and the reference next to the numb
 For the same reason, under min-max bounds adding a point can move a bound and change the HV of the
 others; monotonicity and "dominated points change nothing" hold for a fixed normalisation.
 
+Over seeds (`seeded_pareto`): each seed's points get their own `pareto_summary` against that
+seed's base model, and each arm's hypervolumes over the seeds are summarised by `mean_interval`
+(the mean and its Student-t interval, n - 1 degrees of freedom), the function every across-seed
+figure of a comparison uses.
+
 moocore computes the exact HV (`moocore.hypervolume`, maximise=True) and the non-dominated mask
 (`moocore.is_nondominated`, maximise=True, keep_weakly=True); this module only validates inputs,
 normalises and serialises.
@@ -31,6 +36,7 @@ normalises and serialises.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -289,7 +295,7 @@ def pareto_summary(
 
 
 def common_base(initial_evals: Sequence[Mapping[str, float] | None], names: Sequence[str]) -> list[float] | None:
-    """The base model's held-out rewards [M] shared by the sweep's points (one seed, one held-out set:
+    """The base model's held-out rewards [M] shared by a sweep's points at one seed (one held-out set:
     every run evaluates the same base model on the same prompts and seeds), or None if some point has
     none or they differ (then the hypervolume falls back to one normalisation of all points)."""
     vectors = [[float(e[n]) for n in names] for e in initial_evals if e]
@@ -297,3 +303,83 @@ def common_base(initial_evals: Sequence[Mapping[str, float] | None], names: Sequ
         return None
     first = vectors[0]
     return first if all(max(abs(a - b) for a, b in zip(v, first, strict=True)) <= 1e-9 for v in vectors) else None
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean of `values` (one figure per seed) and its Student-t confidence interval: (mean, low, high, n).
+
+        low, high = mean -/+ t_{(1 + level) / 2, n - 1} * s / sqrt(n),   s = the sample std (ddof 1)
+
+    The t quantile (scipy.stats.t) accounts for estimating s from few seeds: at n = 3 the 95 %
+    half-width is 4.30 s / sqrt(3), not 1.96 s / sqrt(3). One value has no interval: (value, nan,
+    nan, 1); none gives (nan, nan, nan, 0). Non-finite values raise ValueError (leave out the seeds
+    that have no figure instead, so that n says how many there are).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if not np.isfinite(arr).all():
+        raise ValueError(f"values must be finite, got {arr.tolist()}")
+    n = int(arr.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(arr.mean())
+    if n == 1:
+        return mean, math.nan, math.nan, 1
+    from scipy.stats import t  # scipy.stats takes ~0.3 s to import: only when an interval is asked for
+
+    half = float(t.ppf(0.5 + level / 2.0, n - 1)) * float(arr.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def interval_record(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """`mean_interval` as JSON: {"mean", "low", "high", "n", "level"}, null for what one value cannot give."""
+    mean, low, high, n = mean_interval(values, level)
+    finite = {"mean": mean, "low": low, "high": high}
+    return {**{k: (v if math.isfinite(v) else None) for k, v in finite.items()}, "n": n, "level": level}
+
+
+def seeded_pareto(
+    finals: Mapping[str, Mapping[Any, Sequence[Sequence[float]]]],
+    bases: Mapping[Any, Sequence[float] | None],
+    scales: float | Sequence[float] = 1.0,
+    level: float = 0.95,
+) -> dict[str, Any] | None:
+    """sweep.json's "pareto" for a sweep over seeds: `pareto_summary` per seed, then per arm the mean
+    and `mean_interval` of its hypervolumes over the seeds.
+
+    finals[arm][seed]  # [N, M]: the arm's final eval vectors at that seed (one per preference; a
+    single one for an arm that ignores the preference); bases[seed]  # [M]: that seed's base model
+    rewards, the hypervolume reference (None: that seed falls back to one normalisation of its
+    points). Seeds are kept in the order first given. Returns None when no seed has a vector, else
+
+        {"hypervolume": {arm: mean over seeds}, "interval": {arm: interval_record},
+         "by_seed": {"<seed>": pareto_summary of that seed's points},
+         "reference" with "scales" and "method" (or with "normalization"), as in pareto_summary: when
+         every seed shares them (one base model: a real model's base does not depend on the seed),
+         "front": the one seed's, when there is one seed}
+
+    "hypervolume" keeps the shape of a one-seed sweep's (one float per arm), so a reader of those still works.
+    """
+    seeds = list(dict.fromkeys(s for per_seed in finals.values() for s, vectors in per_seed.items() if len(vectors)))
+    by_seed: dict[str, dict[str, Any]] = {}
+    for s in seeds:
+        summary = pareto_summary({a: per_seed.get(s, []) for a, per_seed in finals.items()}, bases.get(s), scales)
+        if summary is not None:
+            by_seed[str(s)] = summary
+    if not by_seed:
+        return None
+    per_arm = {a: [hv[a] for summary in by_seed.values() if a in (hv := summary["hypervolume"])] for a in finals}
+    intervals = {a: interval_record(values, level) for a, values in per_arm.items() if values}
+    out: dict[str, Any] = {
+        "hypervolume": {a: record["mean"] for a, record in intervals.items()},
+        "interval": intervals,
+        "by_seed": by_seed,
+    }
+    summaries = list(by_seed.values())
+    keys = ("reference", "scales", "method") if "scales" in summaries[0] else ("reference", "normalization")
+    if all(summary.get(k) == summaries[0][k] for summary in summaries for k in keys):  # one reference for all seeds
+        out.update({k: summaries[0][k] for k in keys})
+    if len(summaries) == 1:
+        out["front"] = summaries[0]["front"]
+    return out

@@ -14,11 +14,18 @@ from pathlib import Path
 
 from firm import algorithms, compression, data, objectives, palette, policy, robust, transport
 from firm.config import Config, ConfigError, read_config
+from firm.tasks import resolve_config_path
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, upgrade: bool = False) -> Config:
     """Defaults <- file (TOML or YAML) <- `key=value` overrides, then type checks and validation
-    (`upgrade`: a run's own config.toml, renamed keys read under their new names: `read_config`)."""
+    (`upgrade`: a run's own config.toml, renamed keys read under their new names: `read_config`).
+    `path` may name a packaged task (`firm.tasks`) instead of a file."""
+    if path is not None:
+        try:
+            path = resolve_config_path(path)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
     config = read_config(path, overrides, upgrade=upgrade)
     validate(config)
     return config

@@ -10,11 +10,13 @@ import pytest
 
 from firm.report import COMPARISON_PLOTS, comparison_table, load_sweep, write_comparison
 from firm.report.compare_plots import _hv_by_round
-from firm.sweep import sweep
+from firm.sweep import Arm, sweep
 from tests.conftest import firm_cli, tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALGORITHMS = ["firm", "fedavg", "fmgda"]
+# fmgda steered: it reads the preference, so it too runs at every point (plain fmgda is one point: tests/test_sweep_seeds.py)
+ARMS = ["firm", "fedavg", Arm("fmgda", ("algorithm.name=fmgda", "fmgda.steering=true"))]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 algorithms x 3 preferences (1/0, 0.5/0.5, 0/1), 2 rounds, then the comparison written once."""
     out = tmp_path_factory.mktemp("compare")
     config = tiny_config(out, "federation.rounds=2", "algorithm.local_steps=1", "output.name=sw")
-    root = Path(sweep(config, ALGORITHMS, divisions=2)["path"])
+    root = Path(sweep(config, ARMS, divisions=2)["path"])
     assert write_comparison(root) == root / "comparison.html"
     return root
 
@@ -34,7 +36,7 @@ def _copy_sweep(root: Path, dest: Path) -> Path:
 
 
 def _table_cells(table: str) -> dict[str, dict[str, str]]:
-    """algorithm -> column -> cell of the fixed-width table (columns start where their header does)."""
+    """arm -> column -> cell of the fixed-width table (columns start where their header does)."""
     lines = table.splitlines()
     header = lines[0]
     names = header.split("  ")
@@ -45,7 +47,7 @@ def _table_cells(table: str) -> dict[str, dict[str, str]]:
         if line.startswith(("rewards,", "together", "skipped", "not run")) or not line.strip():
             break
         cells = {n: line[starts[i] : starts[i + 1]].strip() for i, n in enumerate(names)}
-        rows[cells["algorithm"]] = cells
+        rows[cells["arm"]] = cells
     return rows
 
 

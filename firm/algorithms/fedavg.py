@@ -33,6 +33,7 @@ class FedAvg:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "fedavg"
     shape: ClassVar[RoundShape] = ONE_ADAPTER
+    uses_preference: ClassVar[bool] = True  # lambda = p
 
     @classmethod
     def from_config(cls, config: Config) -> FedAvg:

@@ -108,6 +108,12 @@ class FedCmoo:
     name: str = "fedcmoo"
     shape: ClassVar[RoundShape] = RoundShape(probes=True)
 
+    @property
+    def uses_preference(self) -> bool:
+        """Only the steered variant reads p (its anchor and first warm start); the paper's min-norm solve
+        starts from uniform weights and trains the same at every p."""
+        return self.steering_reg > 0
+
     @classmethod
     def from_config(cls, config: Config) -> FedCmoo:
         a = config.algorithm
@@ -150,15 +156,17 @@ class FedCmoo:
 
     def server_plan(self, probes: ProbeMean, state: ServerState) -> tuple[Adapter, ServerState]:
         """Weights from the estimated Gram matrix by projected gradient, warm-started from the previous
-        round's weights (`state["weights"]`, else the preference); the plan broadcasts them as a tensor,
-        the new state keeps them for the next round."""
+        round's weights (`state["weights"]`; in round 1 the preference when steered, else uniform weights,
+        so the unsteered solve never reads p); the plan broadcasts them as a tensor, the new state keeps
+        them for the next round."""
         g = probes.mean()  # [M, d]
         gram = g @ g.T  # [M, M]
         scale = float(gram.diagonal().mean())
         q = gram / scale if scale > 0 else torch.zeros_like(gram)
         anchor = torch.tensor(self.preference, dtype=torch.float64)
         reg = self.steering_reg
-        w = state.get("weights", anchor).clone()
+        start = anchor if reg > 0 else torch.full_like(anchor, 1.0 / self.num_objectives)
+        w = state.get("weights", start).clone()
         step = 1.0 / (float(torch.linalg.eigvalsh(q)[-1]) + reg + 1e-12)
         for _ in range(PG_ITERATIONS):
             w = torch.from_numpy(project_to_simplex((w - step * (q @ w + reg * (w - anchor))).numpy()))

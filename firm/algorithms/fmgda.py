@@ -77,6 +77,11 @@ class Fmgda:
         """One trip; each client uploads its M per-objective deltas."""
         return RoundShape(uploads=self.num_objectives)
 
+    @property
+    def uses_preference(self) -> bool:
+        """Only the steered variant reads p (its anchor); the paper's min-norm server solve trains the same at every p."""
+        return self.steering_reg > 0
+
     @classmethod
     def from_config(cls, config: Config) -> Fmgda:
         a = config.algorithm

@@ -33,6 +33,7 @@ class Mgda:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     name: str = "mgda"
     shape: ClassVar[RoundShape] = ONE_ADAPTER
+    uses_preference: ClassVar[bool] = False  # min-norm weights never read p: a sweep runs it once per seed
 
     @classmethod
     def from_config(cls, config: Config) -> Mgda:

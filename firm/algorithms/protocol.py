@@ -8,8 +8,9 @@ Per round, an engine:
        sampled client, screens them, and broadcasts `plan, server_state = algorithm.server_plan(
        probes, server_state)`;
     3. on the client: `update = algorithm.client_update(params, sample_problem, client_state)`
-       (`plan=plan` for a prober), with `params` the live adapter set to the global one, and
-       encodes each of `update.uploads` (`shape.uploads` adapter-shaped payloads);
+       (`plan=plan` for a prober), with `params` the live adapter set to the global one and
+       `client_state[ROUND_IDX]` the round, and encodes each of `update.uploads` (`shape.uploads`
+       adapter-shaped payloads);
     4. on the server: `aggregator = algorithm.new_aggregator()`, `aggregator.add(decoded uploads,
        update.num_samples)` per client, then `algorithm.server_update(global, aggregator)`;
        `aggregator.stats` (if any) is logged as the round's `server` field.
@@ -49,6 +50,12 @@ class ClientUpdate:
         if len(self.uploads) != 1:
             raise ValueError(f"this update has {len(self.uploads)} payloads, not one")
         return self.uploads[0]
+
+
+ROUND_IDX = "round_idx"
+"""The key under which the engine puts the current round (from 1) into the client state it hands to
+`client_update` / `client_probe` (FIRM's reg schedule reads it). It is not kept: what persists is the
+`client_state` the update returns."""
 
 
 ServerState = dict[str, Any]

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import ClientUpdate, ServerState, as_prober
+from firm.algorithms.protocol import ROUND_IDX, ClientUpdate, ServerState, as_prober
 from firm.client import problem_sampler, sample_clients
 from firm.codec import Adapter, decode, encode
 from firm.compression import decode_upload, encode_uploads
@@ -145,7 +145,7 @@ class InProcessEngine:
                     self.policy.set_adapter(decode(broadcast))
                     download_bytes += len(broadcast)
                 sampler = self._sampler(round_idx, client_id, timer)
-                state = self.client_states.get(client_id, {})
+                state = {**self.client_states.get(client_id, {}), ROUND_IDX: round_idx}
                 probe = self._run_client(
                     round_idx, client_id, partial(prober.client_probe, self.policy.params, sampler, state), dropped
                 )
@@ -182,7 +182,7 @@ class InProcessEngine:
                     download_bytes += len(plan_payload)
             self.policy.set_adapter(received)
             sampler = self._sampler(round_idx, client_id, timer)
-            state = self.client_states.get(client_id, {})
+            state = {**self.client_states.get(client_id, {}), ROUND_IDX: round_idx}  # a copy: the round is not kept
             if plan_payload is None:
                 call = partial(self.algorithm.client_update, self.policy.params, sampler, state, timer)
             else:

@@ -40,6 +40,7 @@ import torch
 
 from firm.config import Config, ConfigError
 from firm.objectives.coherence import coherence
+from firm.objectives.compliance import compliance
 from firm.objectives.conciseness import conciseness
 from firm.objectives.diversity import diversity
 from firm.objectives.harmlessness import harmlessness
@@ -63,6 +64,7 @@ REGISTRY: dict[str, Objective] = {
     "readability": readability,
     "humor": humor,
     "coherence": coherence,
+    "compliance": compliance,
 }
 
 

@@ -8,12 +8,14 @@ prints the third. Reading needs only the files, so a report can be made while a 
 (rounds so far) or after it failed.
 
 `write_comparison(sweep_dir)` and `comparison_table(sweep_dir)` do the same for a sweep directory
-(firm.sweep: sweep.json plus one run directory per point): every algorithm on the same figures,
-hypervolumes from sweep.json (firm.sweep, firm.pareto). `firm compare SWEEP_DIR` runs both.
+(firm.sweep: sweep.json plus one run directory per point): every arm on the same figures, each
+figure the mean over seeds with its 95 % t interval, hypervolumes from sweep.json (firm.sweep,
+firm.pareto). `firm compare SWEEP_DIR` runs both.
 
     load.py           the inputs, parsed: a run directory (Run, load_run), a sweep directory (Sweep, load_sweep)
     plotting.py       figure, axis, legend and PNG helpers, number formats and the pages' style, used by both
     run.py            the run report: per-run plots, report_table, report.html with its palette section
+    seeds.py          a sweep's figures over seeds: Estimate (mean, 95 % t interval, n), mean fronts, per-round series
     compare_plots.py  the comparison's figures: fronts, hypervolume per round, the central point's rounds
     compare.py        the comparison: comparison_table, comparison.html
 """

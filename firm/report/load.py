@@ -13,9 +13,11 @@ Inputs, all in the run directory:
                     that prompt, the rewards are each completion's score per objective.
     palette.json    optional; the MAP targets the run trained toward (firm.palette)
 
-A sweep directory (firm.sweep) is sweep.json plus one run directory per point. A point that did not
-complete, whose run directory is missing or unreadable, or that has no final eval is kept with the
-reason in `SweepPoint.skipped`, so the comparison can leave it out of the figures and list it.
+A sweep directory (firm.sweep) is sweep.json plus one run directory per point: an arm (label), a
+preference and a seed. A point that did not complete, whose run directory is missing or unreadable,
+or that has no final eval is kept with the reason in `SweepPoint.skipped`, so the comparison can
+leave it out of the figures and list it. A sweep.json of a firm before arms and seeds reads as one
+seed with one arm per algorithm.
 
 Both loaders raise ReportError, one line naming the file (and line), on a directory that is not one.
 """
@@ -235,12 +237,15 @@ def load_run(run_dir: Path | str) -> Run:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One (algorithm, preference) point: its sweep.json entry and, when usable, its parsed run."""
+    """One (arm, preference, seed) point: its sweep.json entry and, when usable, its parsed run."""
 
+    label: str  # the arm; a plain algorithm's is its name
     algorithm: str
-    preference: tuple[float, ...]
+    preference: tuple[float, ...]  # the p the run was given (ignored by its training unless uses_preference)
     run_dir: str  # relative to the sweep directory
     record: dict[str, Any]  # the point's entry in sweep.json
+    seed: int | None = None  # federation.seed; None in a hand-made sweep.json that does not say
+    uses_preference: bool = True  # False: the arm trains the same at every p, one point per seed
     run: Run | None = None  # None when skipped
     final: tuple[float, ...] = ()  # [M] final eval reward per objective; () when skipped
     skipped: str | None = None  # why the point is left out of the figures
@@ -253,21 +258,48 @@ class Sweep:
     path: Path
     data: dict[str, Any]  # sweep.json
     objectives: list[str]
-    points: list[SweepPoint]  # in sweep.json order: per algorithm, objective 1's weight from high to low
-    missing: list[str]  # run directories the sweep config expects that sweep.json does not list (yet)
+    points: list[SweepPoint]  # in sweep.json order: per seed and arm, objective 1's weight from high to low
+    expected: list[tuple[str, str]] = field(default_factory=list)  # (label, run directory) of every point the sweep plans
 
     @property
-    def algorithms(self) -> list[str]:
-        order = [str(a) for a in _get(self.data, "key", "algorithms") or []]
-        return order + [a for a in dict.fromkeys(p.algorithm for p in self.points) if a not in order]
+    def missing(self) -> list[str]:
+        """Run directories the sweep plans that sweep.json does not list (yet)."""
+        listed = {p.run_dir for p in self.points}
+        return [run_dir for _, run_dir in self.expected if run_dir not in listed]
 
-    def usable(self, algorithm: str) -> list[SweepPoint]:
-        return [p for p in self.points if p.algorithm == algorithm and p.skipped is None]
+    def expected_count(self, label: str) -> int:
+        """Points the sweep plans for the arm (those listed if it plans none: a hand-made sweep.json)."""
+        return sum(lab == label for lab, _ in self.expected) or sum(p.label == label for p in self.points)
 
-    def central(self, algorithm: str) -> SweepPoint | None:
-        """The usable point whose preference is closest (Euclidean) to uniform; the first of ties."""
+    @property
+    def arms(self) -> list[str]:
+        """The arms' labels in the sweep's order (an older sweep's algorithms), then any others its points name."""
+        arms = _get(self.data, "key", "arms")
+        order = [str(a["label"]) for a in arms if isinstance(a, dict)] if isinstance(arms, list) else []
+        order = order or [str(a) for a in _get(self.data, "key", "algorithms") or []]
+        return order + [a for a in dict.fromkeys(p.label for p in self.points) if a not in order]
+
+    @property
+    def seeds(self) -> list[int | None]:
+        """The seeds of the sweep (sweep.json's "seeds"), then any others its points name."""
+        order = [int(s) for s in self.data.get("seeds") or []]
+        return order + [s for s in dict.fromkeys(p.seed for p in self.points) if s not in order]
+
+    def usable(self, label: str, seed: int | str | None = "all") -> list[SweepPoint]:
+        """The arm's usable points, at every seed or at one."""
+        return [p for p in self.points if p.label == label and p.skipped is None and (seed == "all" or p.seed == seed)]
+
+    def uses_preference(self, label: str) -> bool:
+        return all(p.uses_preference for p in self.points if p.label == label)
+
+    def central(self, label: str, seed: int | str | None = "all") -> SweepPoint | None:
+        """The usable point (at `seed`) whose preference is closest (Euclidean) to uniform; the first of ties."""
         m = len(self.objectives)
-        return min(self.usable(algorithm), key=lambda p: sum((w - 1.0 / m) ** 2 for w in p.preference), default=None)
+        return min(self.usable(label, seed), key=lambda p: sum((w - 1.0 / m) ** 2 for w in p.preference), default=None)
+
+    def central_by_seed(self, label: str) -> dict[int | None, SweepPoint]:
+        """seed -> the arm's point closest to uniform at that seed (seeds without a usable point left out)."""
+        return {s: p for s in self.seeds if (p := self.central(label, s)) is not None}
 
 
 def _vector(evals: Any, names: list[str]) -> tuple[float, ...] | None:
@@ -278,13 +310,22 @@ def _vector(evals: Any, names: list[str]) -> tuple[float, ...] | None:
     return values if values and all(math.isfinite(v) for v in values) else None
 
 
-def _sweep_point(root: Path, record: dict[str, Any], names: list[str]) -> SweepPoint:
+def _sweep_point(root: Path, record: dict[str, Any], names: list[str], default_seed: Any) -> SweepPoint:
     algorithm, run_dir = record["algorithm"], record["run_dir"]
     try:
         preference = tuple(float(w) for w in record.get("preference") or ())
     except (TypeError, ValueError):
         preference = ()
-    point = SweepPoint(algorithm, preference, run_dir, record)
+    seed = record.get("seed", default_seed)
+    point = SweepPoint(
+        label=str(record.get("label") or algorithm),
+        algorithm=algorithm,
+        preference=preference,
+        run_dir=run_dir,
+        record=record,
+        seed=seed if isinstance(seed, int) else None,
+        uses_preference=record.get("uses_preference") is not False,
+    )
     status = record.get("status")
     if status != "completed":
         error = _get(_read_json(root / run_dir / "summary.json"), "error")
@@ -331,13 +372,15 @@ def load_sweep(sweep_dir: Path | str) -> Sweep:
             (load_run(path / r["run_dir"]).objectives for r in records if (path / r["run_dir"] / "metrics.jsonl").is_file()), []
         )
     names = [str(n) for n in names]
-    points = [_sweep_point(path, record, names) for record in records]
-    missing: list[str] = []
+    default_seed = _get(data, "key", "config", "federation", "seed")  # a sweep of an older firm: its one seed
+    points = [_sweep_point(path, record, names, default_seed) for record in records]
+    expected: list[tuple[str, str]] = []
     algorithms, divisions = _get(data, "key", "algorithms"), _get(data, "key", "divisions")
-    if isinstance(algorithms, list) and isinstance(divisions, int) and divisions >= 1 and names:
-        from firm.pareto import preference_grid
+    if isinstance(data.get("expected"), list):
+        expected = [(str(e.get("label")), str(e["run_dir"])) for e in data["expected"] if isinstance(e, dict) and "run_dir" in e]
+    elif isinstance(algorithms, list) and isinstance(divisions, int) and divisions >= 1 and names:
+        from firm.pareto import preference_grid  # a sweep of an older firm: every algorithm at every grid point
 
-        listed = {p.run_dir for p in points}
         grid = preference_grid(len(names), divisions)
-        missing = [f"{a}-p{i:02d}" for a in algorithms for i in range(len(grid)) if f"{a}-p{i:02d}" not in listed]
-    return Sweep(path=path, data=data, objectives=names, points=points, missing=missing)
+        expected = [(str(a), f"{a}-p{i:02d}") for a in algorithms for i in range(len(grid))]
+    return Sweep(path=path, data=data, objectives=names, points=points, expected=expected)

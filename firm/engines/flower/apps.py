@@ -41,7 +41,7 @@ from flwr.supercore.utils import get_flwr_home
 
 from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
-from firm.algorithms.protocol import as_prober
+from firm.algorithms.protocol import ROUND_IDX, as_prober
 from firm.client import problem_sampler
 from firm.compression import encode_uploads
 from firm.config import Config
@@ -187,7 +187,7 @@ def client_train(msg: Message, context: Context) -> Message:
     timer = Timer(rt.policy.device)
     # The client's state is on this node's disk, as of the round the server names (node_state.py).
     store = ClientStateStore(_state_dir(context), str(meta["run_key"]), client_id)
-    state = store.load(int(str(meta["state_round"])))
+    state = {**store.load(int(str(meta["state_round"]))), ROUND_IDX: round_idx}  # the round is not saved
     store.prune(int(str(meta["keep_from"])))
     if "adapter" in msg.content:
         with timer.phase("communication"):
