@@ -181,10 +181,20 @@ def sweep_dir(config: Config) -> Path:
     return Path(config.output.dir) / run_name(config, "sweep")
 
 
-def sweep(config: Config, arms: Sequence[Arm | str], divisions: int, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+def sweep(
+    config: Config,
+    arms: Sequence[Arm | str],
+    divisions: int,
+    seeds: Sequence[int] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, Any]:
     """Run (or resume) the sweep of `arms` (an `Arm`, or an algorithm name for `Arm.of(name)`) at the
     preference lattice of step 1 / `divisions`, once per seed (default: the config's federation.seed);
-    returns the contents written to sweep.json, with "path". Every arm is checked before the first run."""
+    returns the contents written to sweep.json, with "path". Every arm is checked before the first run.
+
+    `shard = (i, n)`, n > 1: run only every n-th point from the i-th (n processes share the work); a
+    shard writes sweep.json's plan if there is none and never its points: the unsharded call made
+    after the shards have finished skips their completed runs and writes the whole sweep.json."""
     from firm import train
     from firm.algorithms import uses_preference
     from firm.config import REFERENCES
@@ -235,6 +245,9 @@ def sweep(config: Config, arms: Sequence[Arm | str], divisions: int, seeds: Sequ
         raise ConfigError(f"{root} holds a sweep with a different config, arms or seeds; choose another output.name")
     if existing is None and root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} exists and is not a sweep directory; choose another output.name")
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard {shard}: expected (i, n) with 0 <= i < n")
     root.mkdir(parents=True, exist_ok=True)
 
     objectives = list(config.objectives.names)
@@ -257,11 +270,15 @@ def sweep(config: Config, arms: Sequence[Arm | str], divisions: int, seeds: Sequ
     }
     from tqdm.auto import tqdm
 
+    if count > 1:  # a shard: its share of the points; sweep.json keeps the plan until the unsharded call
+        if existing is None:
+            write_atomic(root / "sweep.json", json.dumps(state, indent=2) + "\n")
+        todo = todo[index::count]
     bar = tqdm(todo, unit="run", disable=not out.progress, dynamic_ncols=True)
     current_seed = None
     for seed, arm, arm_cfg, pref, name in bar:
         if seed != current_seed:  # the previous seed's base model is not needed again
-            train._MODELS.clear()
+            train.release_models()
             current_seed = seed
         shown = "any" if pref is None else str(tuple(round(v, 2) for v in pref))
         bar.set_description(f"{name} p={shown}")
@@ -279,7 +296,10 @@ def sweep(config: Config, arms: Sequence[Arm | str], divisions: int, seeds: Sequ
             options = {} if point.algorithm.name in REFERENCES else {"reuse_model": True}
             summary = run(point, **options).summary
         points.append(_record(arm, point, pref is not None, name, summary, run_dir))
-        write_atomic(root / "sweep.json", json.dumps(state, indent=2) + "\n")  # progress survives a crash
+        if count == 1:
+            write_atomic(root / "sweep.json", json.dumps(state, indent=2) + "\n")  # progress survives a crash
+    if count > 1:
+        return {**state, "path": str(root)}
     state["pareto"] = _pareto(points, objectives, labels)
     write_atomic(root / "sweep.json", json.dumps(state, indent=2) + "\n")
     state["path"] = str(root)

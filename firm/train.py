@@ -63,6 +63,16 @@ def _mean_train_rewards(steps: dict[int, list[dict[str, Any]]], names: list[str]
 _MODELS: dict[tuple[ModelConfig, LoraConfig, int], tuple[Policy, Adapter]] = {}
 """Policies kept for `reuse_model=True` runs in this process, with their freshly initialised adapter."""
 
+_BASE_EVALS: dict[tuple[Any, ...], Evaluation] = {}
+"""Round-0 held-out evaluations of those policies' fresh adapters: every run of a sweep with one seed
+has the same one (same policy, prompts and sampling seeds), so it is taken once (see `run`)."""
+
+
+def release_models() -> None:
+    """Forget the kept policies and their round-0 evaluations (a sweep moving on to its next seed)."""
+    _MODELS.clear()
+    _BASE_EVALS.clear()
+
 
 def _policy(config: Config, reuse_model: bool) -> Policy:
     """Build the policy, or (reuse_model) take this process's copy and reset its adapter to the fresh init."""
@@ -216,7 +226,14 @@ def run(
             initial_se = ckpt.state.get("initial_eval_se")  # None in a checkpoint of an older firm
             initial_prompts = ckpt.state.get("initial_eval_prompt_means")
         else:
-            base = run_eval()
+            # the fresh adapter of a kept policy: its round-0 evaluation is the same in every run that shares it
+            base_key = (config.model, config.lora, fed.seed, tuple(p.text for p in prompts.eval), ev.samples_per_prompt,
+                        config.rollout, data_seed(config), tuple(names))  # fmt: skip
+            base = _BASE_EVALS.get(base_key) if reuse_model else None
+            if base is None:
+                base = run_eval()
+                if reuse_model:
+                    _BASE_EVALS[base_key] = base
             initial_eval, initial_se, initial_kl, initial_prompts = base.means, base.stderr, base.kl, base.prompt_means
         summary.update(
             initial_eval=initial_eval,

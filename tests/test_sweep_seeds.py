@@ -290,3 +290,29 @@ def test_cli_arms_references_and_seeds(tmp_path: Path) -> None:
     assert (root / "comparison.html").is_file()
     refused = firm_cli("compare", "--seeds", "0,1", str(root))
     assert refused.returncode == 2 and "either SWEEP_DIR" in refused.stderr
+
+
+def test_shards_split_the_points_and_the_unsharded_call_assembles_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two shards run disjoint halves; the unsharded call then runs nothing and writes every point."""
+    import firm.launch
+
+    config = tiny_config(tmp_path, "federation.rounds=1", "output.name=sharded")
+    ran: list[str] = []
+    original = firm.launch.run
+
+    def counting(point, **kwargs):  # type: ignore[no-untyped-def]
+        ran.append(point.output.name)
+        return original(point, **kwargs)
+
+    monkeypatch.setattr(firm.launch, "run", counting)
+    first = sweep(config, ["fedavg", "mgda"], 1, [0], shard=(0, 2))
+    assert "pareto" not in first
+    assert json.loads((tmp_path / "sharded" / "sweep.json").read_text())["points"] == []  # the plan only
+    sweep(config, ["fedavg", "mgda"], 1, [0], shard=(1, 2))
+    assert sorted(ran) == ["fedavg-p00", "fedavg-p01", "mgda"]  # disjoint shares, every point once
+    whole = sweep(config, ["fedavg", "mgda"], 1, [0])
+    assert len(ran) == 3  # the unsharded call found every point done
+    assert sorted(p["run_dir"] for p in whole["points"]) == ["fedavg-p00", "fedavg-p01", "mgda"]
+    assert whole["pareto"] is not None
+    with pytest.raises(ValueError, match="shard"):
+        sweep(config, ["fedavg", "mgda"], 1, [0], shard=(2, 2))
