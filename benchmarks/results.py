@@ -140,6 +140,7 @@ def claims_section(sweep: Sweep, names: list[str], hv: dict[str, Any]) -> list[s
             continue
         for m, name in enumerate(names):
             e = over(tradeoff_by_seed(sweep, label, m))
+            e = Estimate(e.mean, max(e.low, -1.0), min(e.high, 1.0), e.n)  # a rank correlation's interval, within [-1, 1]
             rows.append((f"ordered trade-off, {label}: Spearman(p_{name}, final {name}) > 0", _t(e, "{:+.3f}"), verdict(e, ">")))
     # hypervolume
     by_seed = hv.get("by_seed") or {}
