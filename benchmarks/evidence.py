@@ -59,10 +59,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from firm.config import Config, ConfigError, config_to_dict
+from firm.config import Config, ConfigError
 from firm.data import split_prompts
 from firm.launch import run
-from firm.sweep import Arm, arm_config, sweep
+from firm.sweep import Arm, arm_config, config_delta, sweep
 from firm.validation import load_config
 
 ADAM_GRID = (2e-3, 5e-3, 1.25e-2)
@@ -202,7 +202,7 @@ def _share(items: list[Any], shard: tuple[int, int]) -> list[Any]:
 
 
 def _tuning_key(task: Config, profile_name: str) -> dict[str, Any]:
-    return json.loads(json.dumps({"task": config_to_dict(task), "profile": profile_name, "adam": ADAM_GRID, "sgd": SGD_GRID}))
+    return json.loads(json.dumps({"task": config_delta(task), "profile": profile_name, "adam": ADAM_GRID, "sgd": SGD_GRID}))
 
 
 def tune(task: Config, out: Path, profile_name: str, shard: tuple[int, int] = (0, 1)) -> dict[str, float] | None:
@@ -247,7 +247,7 @@ def tune(task: Config, out: Path, profile_name: str, shard: tuple[int, int] = (0
 def references(task: Config, out: Path, profile: Profile, lr: float, shard: tuple[int, int] = (0, 1)) -> None:
     """Stage 3: centralized and local (FIRM's rule, FIRM's lr) at p = uniform, once per seed (a shard: its share)."""
     root = out / "references"
-    _guard(root, {"task": config_to_dict(task), "seeds": list(profile.seeds), "lr": lr})
+    _guard(root, {"task": config_delta(task), "seeds": list(profile.seeds), "lr": lr})
     points = [(seed, name) for seed in profile.seeds for name in ("centralized", "local")]
     for seed, name in _share(points, shard):
         arm = Arm(name, (f"algorithm.name={name}", "algorithm.reference_rule=firm", f"algorithm.lr={lr}"))
@@ -401,7 +401,7 @@ def main() -> int:
         return 0
     stages = {s.strip() for s in args.stages.split(",")}
     records = args.records if args.records is not None else (None if args.quick else Path("docs/results/runs.json.gz"))
-    records_key = {"profile": profile_name, "task": json.loads(json.dumps(config_to_dict(task)))}
+    records_key = {"profile": profile_name, "task": json.loads(json.dumps(config_delta(task)))}
     if records is not None:
         print(f"evidence: {restore_records(out, records, records_key)} completed runs restored from {records}", file=sys.stderr)
         with _Saver(out, records, records_key):

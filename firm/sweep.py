@@ -151,13 +151,35 @@ def arm_config(config: Config, arm: Arm) -> Config:
     return result
 
 
+def config_delta(config: Config) -> dict[str, Any]:
+    """The config's fields that differ from the defaults (`Config()`), nested like `config_to_dict`.
+
+    What a resumable sweep or benchmark compares to decide it is the same one: a field a later firm
+    adds (with a default that keeps the old behaviour) leaves it unchanged, so a sweep made before
+    the field existed still resumes; a changed value, or a changed default, does not match."""
+    defaults = config_to_dict(Config())
+
+    def diff(value: Any, default: Any) -> Any:
+        if isinstance(value, dict) and isinstance(default, dict):
+            out = {k: d for k, v in value.items() if (d := diff(v, default.get(k, _MISSING))) is not _MISSING}
+            return out if out else _MISSING
+        return _MISSING if value == default else value
+
+    delta = diff(config_to_dict(config), defaults)
+    return {} if delta is _MISSING else delta
+
+
+_MISSING: Any = object()
+
+
 def _sweep_key(config: Config, arms: list[tuple[Arm, Config]], divisions: int, seeds: list[int]) -> dict[str, Any]:
-    """What must match for a sweep directory to be resumed: everything but output and the swept keys."""
-    data = config_to_dict(config)
-    data.pop("output")
-    data["algorithm"].pop("name")
-    data["objectives"].pop("preference")
-    data["federation"].pop("seed")
+    """What must match for a sweep directory to be resumed: the config's delta from the defaults
+    (`config_delta`) but output and the swept keys; the arms, seeds and divisions."""
+    data = config_delta(config)
+    data.pop("output", None)
+    for section, key in (("algorithm", "name"), ("objectives", "preference"), ("federation", "seed")):
+        data.get(section, {}).pop(key, None)
+    data = {k: v for k, v in data.items() if v}
     return {
         "config": data,
         "arms": [{"label": a.label, "overrides": list(a.overrides), "algorithm": c.algorithm.name} for a, c in arms],

@@ -316,3 +316,16 @@ def test_shards_split_the_points_and_the_unsharded_call_assembles_them(tmp_path:
     assert whole["pareto"] is not None
     with pytest.raises(ValueError, match="shard"):
         sweep(config, ["fedavg", "mgda"], 1, [0], shard=(2, 2))
+
+
+def test_the_resume_key_holds_only_what_differs_from_the_defaults() -> None:
+    """A field a later firm adds with a default leaves a sweep's key (and so its resume) unchanged."""
+    from firm.config import Config
+    from firm.sweep import config_delta
+
+    assert config_delta(Config()) == {}
+    assert config_delta(read_config(None, ["federation.rounds=3", "data.sources=['builtin']"])) == {
+        "federation": {"rounds": 3},
+        "data": {"sources": ["builtin"]},
+    }
+    assert config_delta(read_config(None, ["federation.rounds=6"])) == {}  # 6 is the default
