@@ -309,6 +309,11 @@ def main() -> int:
         f"- **Machine:** {machine.get('cpu')}, {machine.get('cores')} cores; torch {machine.get('torch')}, Python {machine.get('python')}",
         f"- **Commit:** {machine.get('commit')}; started {evidence.get('started')}, finished {evidence.get('finished', 'not yet')}; "
         f"wall time {evidence.get('wall_time_s', float('nan')) / 60:.0f} min",
+        *(
+            f"- **Invocation {k + 1}:** commit {inv['machine'].get('commit')}, {inv['machine'].get('cpu')}, "
+            f"{inv['started']} to {inv['finished']}, {inv['wall_time_s'] / 60:.0f} min, {inv.get('jobs', 1)} worker(s)"
+            for k, inv in enumerate(evidence.get("invocations") or [])
+        ),
         f"- **Seeds:** {', '.join(str(s) for s in sweep.seeds)} (training seeds; data.seed fixed: paired evaluation)",
         f"- **Learning rates:** {json.dumps(evidence.get('learning_rates'))}",
         "",
