@@ -18,6 +18,7 @@ from firm.version import __version__
 EPILOG_HEAD = "config keys (override any of them as key=value; lists as [a, b]):\n"
 DEFAULT_ARMS = {"sweep": "firm,fedavg", "compare": "firm,fedavg,mgda,fmgda"}
 """--algorithms of `firm sweep` and `firm compare` when neither it nor --arm is given."""
+CONFIG_HELP = "TOML or YAML config file, or the name of a packaged task (firm/tasks/, e.g. helpful-vs-concise)"
 
 
 @functools.cache
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sweep.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+    sweep.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
     sweep.add_argument("--algorithms", help="comma-separated algorithms, each an arm (default without --arm: firm,fedavg)")
     sweep.add_argument("--divisions", type=int, default=4, help="simplex lattice step 1/D (M = 2: D + 1 points; default 4)")
     _arm_arguments(sweep)
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    palette.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+    palette.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
     palette.add_argument(
         "--targets",
         help='e.g. "harmlessness=0.9,helpfulness=+0.02,positiveness=q0.7" (absolute, +change over the reference mean, '
@@ -116,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compare.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+    compare.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
     compare.add_argument(
         "--algorithms", help="comma-separated algorithms, each an arm (default without --arm: firm,fedavg,mgda,fmgda)"
     )
@@ -132,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name, help=help_text, description=help_text, epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
         )
-        p.add_argument("--config", "-c", metavar="FILE", help="TOML or YAML config file")
+        p.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
         p.add_argument(
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. federation.rounds=3 algorithm.reg=0.5"
         )
