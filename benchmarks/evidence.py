@@ -12,9 +12,10 @@ short is redone from its start; a stage's directory made with other settings is 
    it, so no tuning run sees a test prompt. Every algorithm gets the same grid size: Adam's
    `ADAM_GRID` for firm, fedavg and mgda; SGD's `SGD_GRID` for fmgda and fedcmoo, whose min-norm
    guarantees are for gradient-descent steps (their papers' setting). One run per (algorithm,
-   lr) at p = (1/M, ...), seed `TUNING_SEED`. The choice maximises the mean over objectives of the
-   final minus the initial validation reward (the same criterion for every algorithm; ties go to
-   the smaller lr) and is written to `<out>/tuning.json`. The steered variants and the references
+   lr) at p = (1/M, ...), seed `TUNING_SEED`. The choice maximises the KL-regularised objective they all
+   train for, as a gain: the mean over objectives of final minus initial validation reward, minus
+   beta_kl x the final per-token KL (`_improvement`; the same criterion for every algorithm; ties
+   go to the smaller lr) and is written to `<out>/tuning.json`. The steered variants and the references
    take their base algorithm's lr (FIRM's for the references, whose single learner uses FIRM's
    rule). The quick profile skips this stage and uses each grid's middle value.
 2. **The sweep** (`firm.sweep.sweep`, `<out>/sweep`): firm and fedavg at every preference of the
@@ -190,10 +191,14 @@ def _uniform(config: Config) -> Config:
     return dataclasses.replace(config, objectives=dataclasses.replace(config.objectives, preference=tuple([1.0 / m] * m)))
 
 
-def _improvement(summary: dict[str, Any]) -> float:
-    """Mean over objectives of final minus initial held-out reward (the tuning criterion)."""
+def _improvement(summary: dict[str, Any], beta_kl: float) -> float:
+    """The tuning criterion: the KL-regularised objective every algorithm trains for, at p = uniform,
+    as a gain over the base model: mean_m (final_m - initial_m) - beta_kl x final per-token KL.
+
+    The KL term matters: a learning rate that collapses the policy onto one objective (replies cut
+    to a word: conciseness up, helpfulness down, KL about 2) can raise the plain mean of the rewards."""
     first, last = summary["initial_eval"], summary["final_eval"]
-    return sum(last[k] - first[k] for k in first) / len(first)
+    return sum(last[k] - first[k] for k in first) / len(first) - beta_kl * float(summary.get("final_kl") or 0.0)
 
 
 def _share(items: list[Any], shard: tuple[int, int]) -> list[Any]:
@@ -226,13 +231,14 @@ def tune(task: Config, out: Path, profile_name: str, shard: tuple[int, int] = (0
         arm = Arm(fam.label, (f"algorithm.name={fam.algorithm}", f"algorithm.optimizer={fam.optimizer}", f"algorithm.lr={lr}"))
         print(f"tuning {fam.label} lr={lr}", file=sys.stderr, flush=True)
         summary = _run_point(arm_config(validation, arm), root, f"{fam.label}-lr{lr:g}")
-        scores.setdefault(fam.label, {})[repr(lr)] = _improvement(summary)
+        scores.setdefault(fam.label, {})[repr(lr)] = _improvement(summary, task.algorithm.beta_kl)
     if shard[1] > 1:
         return None
     choice = {fam.label: max(fam.grid, key=lambda lr, f=fam: (scores[f.label][repr(lr)], -lr)) for fam in FAMILIES}  # type: ignore[misc]
     result = {
         "key": _tuning_key(task, profile_name),
-        "criterion": "mean over objectives of final - initial validation reward, at p = uniform, seed 0",
+        "criterion": f"mean over objectives of final - initial validation reward minus beta_kl ({task.algorithm.beta_kl}) "
+        "x final per-token KL, at p = uniform, seed 0",
         "validation_prompts": task.eval.num_prompts,
         "pool_prompts": len(rows),
         "scores": scores,
