@@ -62,8 +62,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from firm.config import Config, ConfigError
 from firm.data import split_prompts
-from firm.launch import run
-from firm.sweep import Arm, arm_config, config_delta, sweep
+from firm.sweep import Arm, arm_config, config_delta, run_point, sweep
 from firm.validation import load_config
 
 ADAM_GRID = (2e-3, 5e-3, 1.25e-2)
@@ -143,7 +142,7 @@ def arms(profile: Profile, lrs: dict[str, float]) -> list[Arm]:
     return out
 
 
-def _completed_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -152,26 +151,15 @@ def _completed_json(path: Path) -> dict[str, Any]:
 
 
 def _completed(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    summary = _read_json(run_dir / "summary.json")
     return summary if summary.get("status") == "completed" else None
 
 
 def _run_point(config: Config, root: Path, name: str) -> dict[str, Any]:
-    """One resumable run at `root/name`: skipped when completed, redone from its start otherwise."""
-    import shutil
-
-    run_dir = root / name
-    done = _completed(run_dir)
-    if done is not None:
-        return done
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    point = dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(root), name=name, progress=False))
-    options = {} if point.algorithm.name in ("centralized", "local") else {"reuse_model": True}
-    return run(point, **options).summary
+    """One resumable run at `root/name` (firm.sweep.run_point: skipped when completed, else redone from its start)."""
+    return run_point(
+        dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(root), name=name, progress=False))
+    )
 
 
 def _guard(root: Path, key: dict[str, Any]) -> None:
@@ -377,9 +365,8 @@ def main() -> int:
     parser.add_argument("--stages", default="tuning,sweep,references", help="which stages to run (comma-separated)")
     parser.add_argument(
         "--records",
-        type=Path,
         help="gzip JSON archive of the completed runs' small files, restored first and "
-        "saved every 2 minutes (default docs/results/runs.json.gz for the full profile, none for --quick)",
+        'saved every 2 minutes (default docs/results/runs.json.gz for the full profile, none for --quick; "" for none)',
     )
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # worker mode: one stage's share
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # i/n
@@ -406,7 +393,8 @@ def main() -> int:
                 references(task, out, profile, lrs["firm"], (i, n))
         return 0
     stages = {s.strip() for s in args.stages.split(",")}
-    records = args.records if args.records is not None else (None if args.quick else Path("docs/results/runs.json.gz"))
+    default = None if args.quick else Path("docs/results/runs.json.gz")
+    records = default if args.records is None else (Path(args.records) if args.records else None)  # "" = no archive
     records_key = {"profile": profile_name, "task": json.loads(json.dumps(config_delta(task)))}
     if records is not None:
         print(f"evidence: {restore_records(out, records, records_key)} completed runs restored from {records}", file=sys.stderr)
@@ -429,7 +417,7 @@ def _stages(
         elif not a.startswith(("--jobs=", "--stages=", "--tuning=")):
             passthrough.append(a)
     start = time.perf_counter()
-    earlier = _completed_json(out / "evidence.json").get("invocations", [])
+    earlier = _read_json(out / "evidence.json").get("invocations", [])
     record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "profile": profile_name,
               "settings": dataclasses.asdict(profile), "task": args.task, "jobs": args.jobs,
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": _machine(), "invocations": earlier}  # fmt: skip

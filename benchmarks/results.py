@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from firm.report.claims import (
 )
 from firm.report.claims import oscillation as oscillation_of
 from firm.report.load import ReportError, Run, Sweep, load_run, load_sweep
-from firm.report.seeds import Estimate
+from firm.report.seeds import Estimate, front_points, hypervolume_estimate
 
 FIRM = "firm"
 EARLY_ROUNDS = 2
@@ -109,26 +110,35 @@ def budget_section(sweep: Sweep, names: list[str]) -> list[str]:
 
 
 def arm_table(sweep: Sweep, names: list[str]) -> list[str]:
-    """Final rewards per arm and preference: mean [95 % interval] over seeds."""
+    """Final rewards per arm and preference: mean [95 % interval] over seeds (firm.report.seeds.front_points)."""
     lines = ["## Final held-out rewards", ""]
     lines += ["| arm | p | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for label in sweep.arms:
-        prefs = sorted({p.preference for p in sweep.usable(label)}, reverse=True)
-        if not sweep.uses_preference(label):
-            prefs = prefs[:1]
-        for pref in prefs:
-            pts = [p for p in sweep.usable(label) if p.preference == pref or not p.uses_preference]
-            cells = [_t(Estimate.of(p.final[m] for p in pts), "{:.4f}") for m in range(len(names))]
-            lines.append(
-                f"| {label} | {'any' if not sweep.uses_preference(label) else _pref(pref)} | " + " | ".join(cells) + " |"
-            )
+        for fp in front_points(sweep, label):
+            cells = [_t(e, "{:.4f}") for e in fp.rewards]
+            lines.append(f"| {label} | {'any' if fp.preference is None else _pref(fp.preference)} | " + " | ".join(cells) + " |")
     base = next((p.run.base_eval for p in sweep.points if p.run is not None), None)
     if base:
         lines.append("| base model | - | " + " | ".join(f"{base[n]:.4f}" for n in names) + " |")
     return lines
 
 
-def claims_section(sweep: Sweep, names: list[str], hv: dict[str, Any]) -> list[str]:
+def arm_statistics(sweep: Sweep, names: list[str]) -> dict[str, dict[str, dict[int, float]]]:
+    """statistic -> arm -> seed -> the statistic's mean over the arm's points at that seed, computed once
+    for the claims and the per-arm table (firm.report.claims)."""
+    statistics: dict[str, Callable[[Run], float]] = {
+        "drift": mean_drift,
+        "oscillation": lambda r: oscillation_of(eval_curve(r, names)),
+        "early": lambda r: worst_early_change(eval_curve(r, names), EARLY_ROUNDS),
+        "upload": upload_per_client_round,
+        "gain": lambda r: gain_per_mb(r, names),
+    }
+    return {key: {a: per_seed(sweep, a, f) for a in sweep.arms} for key, f in statistics.items()}
+
+
+def claims_section(
+    sweep: Sweep, names: list[str], hv: dict[str, Any], stats: dict[str, dict[str, dict[int, float]]]
+) -> list[str]:
     """The claims table: every row's verdict from its interval."""
     rows: list[tuple[str, str, str]] = []
     if FIRM not in sweep.arms:
@@ -154,13 +164,10 @@ def claims_section(sweep: Sweep, names: list[str], hv: dict[str, Any]) -> list[s
         e = paired(hv_of(FIRM), hv_of(b))
         rows.append((f"hypervolume: FIRM - {b} > 0", _t(e, "{:+.5f}"), verdict(e, ">")))
     # drift, smoothness, common descent, communication
-    drift = {a: per_seed(sweep, a, mean_drift) for a in sweep.arms}
+    drift, osc, early, gain = stats["drift"], stats["oscillation"], stats["early"], stats["gain"]
     for b in (a for a in ("mgda", "fedavg") if a in sweep.arms):
         e = paired(drift[FIRM], drift[b])
         rows.append((f"drift.updates (mean over rounds): FIRM - {b} < 0", _t(e), verdict(e, "<")))
-    osc = {a: per_seed(sweep, a, lambda r: oscillation_of(eval_curve(r, names))) for a in sweep.arms}
-    early = {a: per_seed(sweep, a, lambda r: worst_early_change(eval_curve(r, names), EARLY_ROUNDS)) for a in sweep.arms}
-    gain = {a: per_seed(sweep, a, lambda r: gain_per_mb(r, names)) for a in sweep.arms}
     for b in baselines:
         e = paired(osc[FIRM], osc[b])
         rows.append((f"smoothness: oscillation FIRM - {b} < 0", _t(e), verdict(e, "<")))
@@ -177,21 +184,14 @@ def claims_section(sweep: Sweep, names: list[str], hv: dict[str, Any]) -> list[s
     return lines
 
 
-def stats_table(sweep: Sweep, names: list[str], hv: dict[str, Any]) -> list[str]:
+def stats_table(sweep: Sweep, hv: dict[str, Any], stats: dict[str, dict[str, dict[int, float]]]) -> list[str]:
     """Per arm: hypervolume, drift, oscillation, early worst change, upload per client per round, gain per MB."""
-    intervals = hv.get("interval") or {}
     lines = ["## Per-arm statistics (means over the arm's preferences, then over seeds)", ""]
     lines += ["| arm | hypervolume | drift.updates | oscillation | worst early change | upload / client / round | gain per MB |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a in sweep.arms:
-        cells = [
-            _t(Estimate.from_record(intervals.get(a)), "{:.5f}"),
-            _t(over(per_seed(sweep, a, mean_drift)), "{:.4f}"),
-            _t(over(per_seed(sweep, a, lambda r: oscillation_of(eval_curve(r, names)))), "{:.4f}"),
-            _t(over(per_seed(sweep, a, lambda r: worst_early_change(eval_curve(r, names), EARLY_ROUNDS))), "{:+.4f}"),
-            _t(over(per_seed(sweep, a, upload_per_client_round)), "{:,.0f}"),
-            _t(over(per_seed(sweep, a, lambda r: gain_per_mb(r, names))), "{:+.5f}"),
-        ]
+        formats = {"drift": "{:.4f}", "oscillation": "{:.4f}", "early": "{:+.4f}", "upload": "{:,.0f}", "gain": "{:+.5f}"}
+        cells = [_t(hypervolume_estimate(hv, a), "{:.5f}"), *(_t(over(stats[k][a]), f) for k, f in formats.items())]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     ref = hv.get("reference")
     if ref is not None:
@@ -288,6 +288,7 @@ def main() -> int:
     sweep = load_sweep(args.out / "sweep")
     names = sweep.objectives
     hv = sweep.data.get("pareto") or {}
+    stats = arm_statistics(sweep, names)
     quick = evidence.get("profile") == "quick"
     missing = sweep.missing
     machine = evidence.get("machine", {})
@@ -322,10 +323,10 @@ def main() -> int:
         "",
     ]
     body = [
-        *claims_section(sweep, names, hv), "",
+        *claims_section(sweep, names, hv, stats), "",
         *budget_section(sweep, names), "",
         *arm_table(sweep, names), "",
-        *stats_table(sweep, names, hv), "",
+        *stats_table(sweep, hv, stats), "",
         *firm_vs_fedavg(sweep, names), "",
         *references_section(args.out, sweep, names), "",
         *tuning_section(_read(args.out / "tuning.json")), "",

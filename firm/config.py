@@ -402,11 +402,9 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
+        if not isinstance(data, dict | None):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-        return data
+        return data or {}
     raise ConfigError(f"{path}: unknown config format {path.suffix!r}; allowed: .toml, .yaml, .yml")
 
 
@@ -450,17 +448,22 @@ def read_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
         for old in upgrade_renamed(data):
             print(f"firm: warning: {path}: {old} read as {RENAMED[old]} (renamed)", file=sys.stderr)
     for text in overrides:
-        parts, value = parse_override(text)
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if isinstance(child, str) and node is data:  # `engine=flower` then `engine.superlink=...`
-                child = node[part] = {"name": child}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        apply_override(data, text)
     return config_from_dict(data)
+
+
+def apply_override(data: dict[str, Any], text: str) -> None:
+    """Set one `key=value` override in a config's nested dict (a file's, or `config_to_dict`'s), in place."""
+    parts, value = parse_override(text)
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if isinstance(child, str) and node is data:  # `engine=flower` then `engine.superlink=...`
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 @functools.cache
@@ -474,8 +477,7 @@ def field_help() -> tuple[tuple[str, str, str, str], ...]:
         docs = _attribute_docstrings(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            tname = _type_name(tp).removeprefix("an ").removeprefix("a ")
+            tname = _type_name(hints[f.name]).removeprefix("an ").removeprefix("a ")
             rows.append((f"{section.name}.{f.name}", tname, repr(defaults[section.name][f.name]), docs.get(f.name, "")))
     return tuple(rows)
 

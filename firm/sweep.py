@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firm.config import Config, ConfigError, config_from_dict, config_to_dict, parse_override
+from firm.config import Config, ConfigError, apply_override, config_from_dict, config_to_dict, parse_override
 from firm.data import data_seed
 from firm.pareto import common_base, preference_grid, seeded_pareto
 from firm.validation import validate
@@ -131,19 +131,13 @@ def arm_config(config: Config, arm: Arm) -> Config:
     data = config_to_dict(config)
     try:
         for text in arm.overrides:
-            parts, value = parse_override(text)
-            key = ".".join(parts)
+            key = ".".join(parse_override(text)[0])
             shared = [s for s in SHARED_KEYS if key == s or key.startswith(f"{s}.") or s.startswith(f"{key}.")]
             if shared:
                 raise ConfigError(
                     f"override {text!r}: {shared[0]} is set by the sweep or shared by all its arms (paired evaluation)"
                 )
-            node = data
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
-            node[parts[-1]] = value
+            apply_override(data, text)
         result = config_from_dict(data)
         validate(result)
     except ConfigError as err:
@@ -219,8 +213,6 @@ def sweep(
     after the shards have finished skips their completed runs and writes the whole sweep.json."""
     from firm import train
     from firm.algorithms import uses_preference
-    from firm.config import REFERENCES
-    from firm.launch import run
     from firm.rundir import write_atomic
 
     validate(config)
@@ -311,12 +303,7 @@ def sweep(
             objectives=arm_cfg.objectives if pref is None else dataclasses.replace(arm_cfg.objectives, preference=pref),
             output=dataclasses.replace(arm_cfg.output, dir=str(root), name=name, progress=False),
         )
-        summary = _read_json(run_dir / "summary.json")
-        if summary is None or summary.get("status") != "completed":
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # a partial run of this sweep: redo it from the start
-            options = {} if point.algorithm.name in REFERENCES else {"reuse_model": True}
-            summary = run(point, **options).summary
+        summary = run_point(point)
         points.append(_record(arm, point, pref is not None, name, summary, run_dir))
         if count == 1:
             write_atomic(root / "sweep.json", json.dumps(state, indent=2) + "\n")  # progress survives a crash
@@ -326,6 +313,23 @@ def sweep(
     write_atomic(root / "sweep.json", json.dumps(state, indent=2) + "\n")
     state["path"] = str(root)
     return state
+
+
+def run_point(point: Config) -> dict[str, Any]:
+    """The summary of the run at `point.output.dir / point.output.name`: read if it completed, else the run
+    is made from its start (a partial directory left by an interrupted sweep is deleted first), through
+    firm.launch as `firm train` runs it, keeping the base model loaded between federated runs."""
+    from firm.config import REFERENCES
+    from firm.launch import run
+
+    run_dir = Path(point.output.dir) / point.output.name
+    summary = _read_json(run_dir / "summary.json")
+    if summary is not None and summary.get("status") == "completed":
+        return summary
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    options = {} if point.algorithm.name in REFERENCES else {"reuse_model": True}
+    return run(point, **options).summary
 
 
 def _means(figures: Any) -> Any:
