@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     palette.add_argument("--out", metavar="DIR", help="write palette.json and plots here (default runs/palette-<time>)")
     palette.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. palette.samples_per_prompt=8")
+    from firm.rewards.cli import add_parser as add_reward_parser
+
+    add_reward_parser(sub)
     report = sub.add_parser("report", help="write plots and report.html for a run directory and print its table")
     report.add_argument("run_dir", metavar="RUN_DIR")
     compare = sub.add_parser(
@@ -163,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "reward":
+        from firm.rewards.cli import main as reward_main
+
+        return reward_main(args)
     if args.command == "flower":
         return _flower(args)
     if args.command == "train" and args.resume:

@@ -14,7 +14,7 @@ import numpy as np
 from firm.config import Config
 from firm.data import Prompt
 from firm.local_step import LocalProblem, Timer
-from firm.objectives import Objective
+from firm.objectives import Objective, bind_client
 from firm.policy import Policy
 from firm.policy_gradient import PolicyGradientProblem
 from firm.seeding import Stream, derive_seed, numpy_rng, torch_generator
@@ -44,6 +44,7 @@ def problem_sampler(
 ) -> Callable[[int], LocalProblem]:
     """step -> the policy-gradient problem of a fresh rollout on this client's prompts."""
     seed, ro, alg = config.federation.seed, config.rollout, config.algorithm
+    objectives = bind_client(objectives, client_id)  # a per-site objective becomes this client's own
 
     def sample_problem(step: int) -> LocalProblem:
         return PolicyGradientProblem(

@@ -331,7 +331,7 @@ RENAMED = {
 """Keys that were renamed: an old key is refused with its new name, not as merely unknown."""
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -351,7 +351,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
                 raise ConfigError(
                     f"{dotted}: expected a table of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {value!r}"
                 )
-            kwargs[key] = _build(tp, value, f"{dotted}.")  # type: ignore[arg-type]
+            kwargs[key] = build_dataclass(tp, value, f"{dotted}.")  # type: ignore[arg-type]
         else:
             kwargs[key] = _convert(value, tp, dotted)
     return cls(**kwargs)
@@ -360,7 +360,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Build a Config from nested plain data (a parsed TOML/YAML file): keys and types checked here,
     values by `firm.validation.validate` (which `firm.validation.load_config` calls)."""
-    return typing.cast(Config, _build(Config, data, ""))
+    return typing.cast(Config, build_dataclass(Config, data, ""))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -386,7 +386,7 @@ def config_to_toml(config: Config) -> str:
 # --------------------------------------------------------------------------- files and overrides
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")
@@ -443,7 +443,7 @@ def upgrade_renamed(data: dict[str, Any]) -> list[str]:
 def read_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, upgrade: bool = False) -> Config:
     """Defaults <- file (TOML or YAML) <- `key=value` overrides; keys and types checked, not values (that is
     `firm.validation.load_config`). `upgrade`: the file is a run's own config.toml, renamed keys read as their new names."""
-    data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
+    data: dict[str, Any] = read_config_file(Path(path)) if path is not None else {}
     if upgrade:
         for old in upgrade_renamed(data):
             print(f"firm: warning: {path}: {old} read as {RENAMED[old]} (renamed)", file=sys.stderr)

@@ -27,6 +27,7 @@ class Stream(IntEnum):
     PALETTE = 6  # (seed, sub-stream, client): the palette's reference samples
     DROPOUT = 7  # (seed, round, client, step, forward): LoRA dropout masks of a gradient forward
     BENCHMARK = 8  # (seed, ...): benchmark scripts' own draws
+    REWARD = 9  # (seed, purpose, ...): reward-predictor training (firm.rewards): initialisation, sampling, episodes
 
 
 def derive_seed(stream: Stream, *keys: int) -> int:

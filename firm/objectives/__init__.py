@@ -25,7 +25,8 @@ what you do not need):
 
 No base class: a plain function is an objective. `REGISTRY` (a plain dict) maps the built-in
 names; `hf:<model id or path>` is a Hugging Face sequence-classification reward model
-(`hf_classifier.py`); `module:function` in the config imports a user's function. Objectives that
+(`hf_classifier.py`); `learned:<path>` a preference predictor from `firm reward train` (`learned.py`;
+an objective with a `for_client(i)` method gives each client its own version: `bind_client`); `module:function` in the config imports a user's function. Objectives that
 need a model load it on first call (once per process), so importing this package loads none.
 """
 
@@ -49,6 +50,8 @@ from firm.objectives.hf_classifier import hf_reward
 from firm.objectives.humor import humor
 from firm.objectives.positiveness import positiveness
 from firm.objectives.readability import readability
+
+LEARNED = "learned:"
 
 
 class Objective(Protocol):
@@ -76,6 +79,10 @@ def resolve_objective(name: str) -> Objective:
     """A registered name, `hf:<model id or path>`, or `module:function` imported from the Python path."""
     if name in REGISTRY:
         return REGISTRY[name]
+    if name.startswith(LEARNED):
+        from firm.objectives.learned import learned_reward
+
+        return learned_reward(name)
     if name.startswith("hf:"):
         if not name[3:]:
             raise KeyError("objective 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2")
@@ -92,6 +99,16 @@ def resolve_objective(name: str) -> Objective:
         raise KeyError(f"objective {name!r}: module {module_name!r} has no callable {func_name!r}")
     objective: Objective = func
     return objective
+
+
+def bind_client(objectives: Sequence[tuple[str, Objective]], client_id: int) -> list[tuple[str, Objective]]:
+    """Client `client_id`'s objectives: each that has a `for_client(i)` method (a per-site reward, e.g.
+    `learned:<path>@clients`) replaced by its result, the others unchanged."""
+    bound: list[tuple[str, Objective]] = []
+    for name, fn in objectives:
+        for_client = getattr(fn, "for_client", None)
+        bound.append((name, for_client(client_id) if callable(for_client) else fn))
+    return bound
 
 
 def score(
@@ -122,7 +139,7 @@ def score(
     return torch.tensor(columns, dtype=torch.float32).T.contiguous()
 
 
-__all__ = ["REGISTRY", "Objective", "ObjectiveError", "resolve_objective", "score"]
+__all__ = ["REGISTRY", "Objective", "ObjectiveError", "bind_client", "resolve_objective", "score"]
 
 
 def validate_config(config: Config) -> None:
@@ -136,6 +153,15 @@ def validate_config(config: Config) -> None:
             raise ConfigError(
                 f"objectives.names[{i}]: 'hf:' needs a model id or path, e.g. hf:OpenAssistant/reward-model-deberta-v3-large-v2"
             )
+        if name.startswith(LEARNED):
+            from firm.objectives.learned import check
+            from firm.rewards.model_dir import LearnedModelError
+
+            try:
+                check(name)
+            except LearnedModelError as err:
+                raise ConfigError(f"objectives.names[{i}]: {err}") from None
+            continue
         if name not in REGISTRY and not name.startswith("hf:") and ":" not in name:
             raise ConfigError(
                 f"objectives.names[{i}]: unknown objective {name!r}; allowed: {', '.join(sorted(REGISTRY))}, hf:<model id or path> or module:function"
@@ -153,7 +179,7 @@ def validate_config(config: Config) -> None:
         if sum(pref) <= 0:
             raise ConfigError(f"objectives.preference: weights must not all be zero, got {list(pref)}")
     for i, name in enumerate(names):
-        if ":" in name and not name.startswith("hf:") and name not in REGISTRY:
+        if ":" in name and not name.startswith(("hf:", LEARNED)) and name not in REGISTRY:
             try:
                 resolve_objective(name)
             except KeyError as err:
