@@ -39,6 +39,7 @@ from torch import nn
 from firm import checkpoint as ckpt
 from firm.atomic import replace_dir_atomic, write_atomic
 from firm.config import ConfigError
+from firm.policy import resolve_device
 from firm.rewards.config import RewardConfig, load_reward_config, reward_config_to_dict
 from firm.rewards.episodes import GroupData, eval_context
 from firm.rewards.local import LocalResult, StepPlan, Weights, evaluate, local_update, train_pooled
@@ -92,12 +93,6 @@ def load_data(config: RewardConfig, device: torch.device) -> RewardData:
             row += len(items)
             out[key][name] = GroupData(name, x, torch.tensor([i.level for i in items]), tuple(i.question for i in items))
     return RewardData(out["train"], out["test"], out["unseen"], {"model": EMBEDDING_MODEL, "dim": EMBEDDING_DIM}, d.attribute)
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def spec_of(config: RewardConfig, dim: int) -> PredictorSpec:
@@ -213,11 +208,18 @@ def run(config: RewardConfig, *, data: RewardData | None = None, resume: Path | 
     runner = in_process_runner(model, data, plan, t.seed, device)
 
     def model_for(name: str) -> nn.Module:
-        model.load_state_dict(local_weights[name] if t.mode == "local" and name in local_weights else server.weights)
+        """The model group `name` is evaluated with: its own in local mode; else the global one, loaded once per evaluation."""
+        if t.mode == "local":
+            model.load_state_dict(local_weights[name])
         return model
 
+    def evaluation() -> dict[str, Any]:
+        if t.mode != "local":
+            model.load_state_dict(server.weights)
+        return _eval_row(model_for, data, contexts, queries, device)
+
     if start == 0:
-        rows.append(_append(path, {"round": 0, "samples": 0, **_eval_row(model_for, data, contexts, queries, device)}))
+        rows.append(_append(path, {"round": 0, "samples": 0, **evaluation()}))
     bar = range(start + 1, t.rounds + 1)
     for round_idx in bar:
         began = time.perf_counter()
@@ -253,7 +255,7 @@ def run(config: RewardConfig, *, data: RewardData | None = None, resume: Path | 
             "delta_norm": delta,
         }
         if round_idx % t.eval_every == 0 or round_idx == t.rounds:
-            row.update(_eval_row(model_for, data, contexts, queries, device))
+            row.update(evaluation())
         row["seconds"] = round(time.perf_counter() - began, 3)
         rows.append(_append(path, row))
         if progress:
