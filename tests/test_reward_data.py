@@ -18,6 +18,7 @@ from firm.rewards.ratings import (
     rate_conversation,
     skipped_conversations,
     split_groups,
+    validation_split,
 )
 
 
@@ -238,3 +239,17 @@ def test_embeddings_go_in_chunks_and_a_broken_cache_file_is_recomputed(tmp_path:
     assert torch.equal(embed_texts(texts, cache_dir=tmp_path, progress=False), vectors)
     assert calls == [2, 2, 1, 5, 2, 2, 1]  # the 5 is the fake(texts) above; then recomputed in chunks
     assert embed_texts([], cache_dir=tmp_path).shape == (0, EMBEDDING_DIM)
+
+
+def test_the_validation_view_never_holds_a_test_item() -> None:
+    groups = load_chitchat("interesting", min_turns=2)
+    split = split_groups(groups, unseen_groups=10, test_fraction=0.25, seed=0)
+    view = validation_split(split, fraction=0.25, seed=0)
+    assert view.unseen == {} and set(view.train) == set(view.test) == set(split.train)
+    for name in split.train:
+        # the view's train and validation items partition the split's training items, in order
+        assert sorted(view.train[name] + view.test[name], key=repr) == sorted(split.train[name], key=repr)
+        assert not set(map(id, view.train[name] + view.test[name])) & set(map(id, split.test[name]))
+        assert len(view.test[name]) == min(max(round(0.25 * len(split.train[name])), 1), len(split.train[name]) - 1)
+    assert validation_split(split, fraction=0.25, seed=0) == view
+    assert validation_split(split, fraction=0.25, seed=1) != view

@@ -175,6 +175,15 @@ def test_local_mode_trains_one_model_per_group(tmp_path: Path) -> None:
     assert summary["final"]["seen"]["mean"] > summary["initial"]["seen"]["mean"]
 
 
+def test_local_mode_with_unseen_groups_reports_only_the_seen_ones(tmp_path: Path) -> None:
+    """An unseen group has no model of its own in local mode: it is left out of the evaluation, not a crash."""
+    data = _data({"a": 1, "b": -1}, {"c": 1})
+    path = run(_config(tmp_path, "output.name=loc", "train.mode=local", "train.rounds=2"), data=data, progress=False)
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r["groups"]) == {"a", "b"} and r["unseen"] == {} for r in rows if "groups" in r)
+    assert json.loads((path / "summary.json").read_text())["final"]["unseen"] == {}
+
+
 def test_bad_values_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match=r"train\.rounds must be >= 1"):
         load_reward_config(None, ["train.rounds=0"])

@@ -30,8 +30,16 @@ class RewardDataConfig:
     """Groups held out of training entirely: the alignment score on them is the generalisation view."""
     test_fraction: float = 0.25
     """Of each seen group's items, the fraction held out for evaluation."""
+    min_turns: int = 2
+    """Conversations with fewer turns are dropped. The default 2 drops the one-sided ones (the opener wrote, nobody
+    answered; 76 % of their ratings are exactly 5): a learned reward scores (prompt, reply) pairs, which always have a
+    reply, so "no reply -> 5" is a shortcut that never applies where the predictor is used (docs/rewards/data.md)."""
     max_chars: int = 1000
     """A conversation's text is cut to this many characters before it is embedded."""
+    holdout: Literal["test", "validation"] = "test"
+    """What the run is evaluated on: `test` (seen groups' test items and the unseen groups) or `validation`, for
+    tuning: each seen group's training items split again (`test_fraction` of them held out), unseen groups
+    left out, so no test item is ever seen (firm.rewards.ratings.validation_split)."""
     seed: int = 0
     """Seed of the unseen-group choice and the train/test split (apart from `train.seed`, as `data.seed` in a policy run)."""
 
@@ -140,6 +148,7 @@ def validate(config: RewardConfig) -> None:
         (d.min_conversations >= 2, "data.min_conversations must be >= 2 (a group needs a train and a test item)"),
         (d.unseen_groups >= 0, "data.unseen_groups must be >= 0"),
         (0.0 < d.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
+        (d.min_turns >= 1, "data.min_turns must be >= 1"),
         (d.max_chars >= 16, "data.max_chars must be >= 16"),
         (m.d_model >= 1 and m.layers >= 1 and m.heads >= 1, "model.d_model, model.layers and model.heads must be >= 1"),
         (m.d_model % m.heads == 0, f"model.d_model ({m.d_model}) must be divisible by model.heads ({m.heads})"),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firm.data import _package_dir
-from firm.seeding import Stream, numpy_rng
+from firm.seeding import Stream, derive_seed, numpy_rng
 
 ATTRIBUTES = ("witty", "upbeat", "interesting", "mean")
 """The ratings one can learn: the three the dataset asks for, and `mean`, their mean rounded half up."""
@@ -42,6 +42,8 @@ UNSEEN_STREAM = 11
 """Sub-stream of `Stream.PARTITION` that draws the unseen groups."""
 ITEMS_STREAM = 12
 """Sub-stream of `Stream.PARTITION` (with the group's index) that draws a seen group's test items."""
+VALIDATION_STREAM = 13
+"""Sub-stream of `Stream.PARTITION` whose seed splits the seen groups' training items into train and validation."""
 
 
 @dataclass(frozen=True)
@@ -230,3 +232,17 @@ def split_groups(
         train[name] = [item for i, item in enumerate(items) if i not in is_test]
         test[name] = [item for i, item in enumerate(items) if i in is_test]
     return RatingSplit(train=train, test=test, unseen=unseen)
+
+
+def validation_split(split: RatingSplit, *, fraction: float, seed: int) -> RatingSplit:
+    """The tuning view of `split`: each seen group's *training* items split again into train and validation.
+
+    The returned `test` holds the validation items, `unseen` is empty (unseen groups are test data),
+    and the original test items appear nowhere, so a learning rate chosen on this view never saw a
+    test item. The inner split is `split_groups` on the training items with the seed
+    `derive_seed(Stream.PARTITION, seed, VALIDATION_STREAM)` and the same rounding rule.
+    """
+    inner = split_groups(
+        split.train, unseen_groups=0, test_fraction=fraction, seed=derive_seed(Stream.PARTITION, seed, VALIDATION_STREAM)
+    )
+    return RatingSplit(train=inner.train, test=inner.test, unseen={})

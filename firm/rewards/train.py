@@ -72,12 +72,14 @@ class RewardData:
 def load_data(config: RewardConfig, device: torch.device) -> RewardData:
     """The configured ratings, split and embedded (embeddings cached on disk)."""
     from firm.rewards.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts
-    from firm.rewards.ratings import load_chitchat, split_groups
+    from firm.rewards.ratings import load_chitchat, split_groups, validation_split
 
     d = config.data
     try:
-        groups = load_chitchat(d.attribute, min_conversations=d.min_conversations, max_chars=d.max_chars)
+        groups = load_chitchat(d.attribute, min_conversations=d.min_conversations, max_chars=d.max_chars, min_turns=d.min_turns)
         split = split_groups(groups, unseen_groups=d.unseen_groups, test_fraction=d.test_fraction, seed=d.seed)
+        if d.holdout == "validation":
+            split = validation_split(split, fraction=d.test_fraction, seed=d.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     parts = {"train": split.train, "test": split.test, "unseen": split.unseen}
@@ -171,7 +173,7 @@ def _eval_row(
     per_group: dict[str, dict[str, float]] = {}
     for name in sorted(queries):
         per_group.update(evaluate(models(name), {name: contexts[name]}, {name: queries[name]}, device))
-    seen, unseen = sorted(data.train), sorted(data.unseen)
+    seen, unseen = sorted(data.train), sorted(n for n in data.unseen if n in per_group)
     return {"seen": _summarise(per_group, seen), "unseen": _summarise(per_group, unseen), "groups": per_group}
 
 
@@ -198,6 +200,8 @@ def run(config: RewardConfig, *, data: RewardData | None = None, resume: Path | 
     )
     local_weights = {name: dict(init) for name in data.train} if t.mode == "local" else {}
     contexts, queries = contexts_for(data, plan.context, config.data.seed)
+    if t.mode == "local":  # an unseen group has no model of its own: nothing to evaluate it with
+        queries = {name: q for name, q in queries.items() if name in data.train}
     path, start, samples, rows = _open_run_dir(config, data, resume)
     if resume is not None:
         last = ckpt.load(ckpt.latest(path))
