@@ -47,7 +47,6 @@ import dataclasses
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -59,6 +58,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+from provenance import machine
 
 from firm.config import Config, ConfigError
 from firm.data import split_prompts
@@ -231,7 +232,7 @@ def tune(task: Config, out: Path, profile_name: str, shard: tuple[int, int] = (0
         "pool_prompts": len(rows),
         "scores": scores,
         "chosen": choice,
-        "machine": _machine(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     (out / "tuning.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -345,16 +346,6 @@ class _Saver:
         self.save()
 
 
-def _machine() -> dict[str, str]:
-    import torch
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "firm"], capture_output=True, text=True, check=False).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
-    return {"commit": commit + ("+dirty" if dirty else ""), "cpu": cpu, "cores": str(os.cpu_count()), "torch": torch.__version__,
-            "python": platform.python_version()}  # fmt: skip
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the ~30-minute pipeline check (not evidence)")
@@ -420,7 +411,7 @@ def _stages(
     earlier = _read_json(out / "evidence.json").get("invocations", [])
     record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "profile": profile_name,
               "settings": dataclasses.asdict(profile), "task": args.task, "jobs": args.jobs,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": _machine(), "invocations": earlier}  # fmt: skip
+              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": machine(), "invocations": earlier}  # fmt: skip
     print(json.dumps(record, indent=2), file=sys.stderr)
     if args.tuning is not None:
         tuned = json.loads(args.tuning.read_text(encoding="utf-8"))

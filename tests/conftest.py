@@ -115,6 +115,15 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     return load_config(None, [*base, *overrides])
 
 
+def as_flower_task(monkeypatch: pytest.MonkeyPatch, node_id: int = 1) -> None:
+    """Stamp this process as a Flower task: messages take their run id from the task identity that Flower sets
+    inside a real ServerApp or ClientApp process; tests that build messages outside one need it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", node_id), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
 @pytest.fixture(scope="session")
 def tiny_policy():  # type: ignore[no-untyped-def]
     from firm.config import LoraConfig

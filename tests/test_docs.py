@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from firm.config import Config, config_to_dict
+from firm.rewards.config import RewardConfig, reward_config_to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -65,9 +66,15 @@ INLINE_DEFAULT = re.compile(r"`([a-z_]+\.[a-z_]+)`[^`|()]{0,40}\(default:? ((?:`
 INLINE_THE_DEFAULT = re.compile(r"`([a-z_]+\.[a-z_]+)=([^`]*)` \(the default\)")
 
 
-def _defaults() -> dict[str, Any]:
-    """Every leaf of the default config by dotted key, as plain data (tuples as lists)."""
-    return {f"{section}.{name}": value for section, fields in config_to_dict(Config()).items() for name, value in fields.items()}
+def _defaults(page: str = "") -> dict[str, Any]:
+    """Every leaf of the default config by dotted key, as plain data (tuples as lists): the reward-learning config's
+    for the reward pages (`firm reward train`), the policy config's for the others."""
+    tree = reward_config_to_dict(RewardConfig()) if _is_reward_page(page) else config_to_dict(Config())
+    return {f"{section}.{name}": value for section, fields in tree.items() for name, value in fields.items()}
+
+
+def _is_reward_page(page: str) -> bool:
+    return page.startswith("docs/rewards/") or page == "docs/algorithms/plural-rewards.md"
 
 
 def _value(text: str) -> Any:
@@ -122,12 +129,11 @@ def quoted_defaults() -> tuple[list[tuple[str, str, Any]], list[str]]:
 
 
 def test_every_default_a_page_quotes_is_the_configs() -> None:
-    defaults = _defaults()
     quoted, unreadable = quoted_defaults()
     wrong = unreadable + [
         f"{where}: {key} = {value!r}, the config says {defaults.get(key, 'no such key')!r}"
         for where, key, value in quoted
-        if key not in defaults or value != defaults[key]
+        if key not in (defaults := _defaults(where.split(":")[0].split(" ")[0])) or value != defaults[key]
     ]
     assert wrong == [], "\n".join(wrong)
     assert len(quoted) >= 60, len(quoted)  # the tables were found: a format change must not empty the check

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from firm.algorithms.protocol import ClientUpdate
 from firm.config import Config
@@ -25,16 +24,14 @@ from firm.engines.flower.records import adapter_to_record, config_to_run_config,
 from firm.policy import Policy, build_policy
 from firm.robust import RoundFailed
 from firm.train import RunResult, run
-from tests.conftest import tiny_config
+from tests.conftest import as_flower_task, tiny_config
 from tests.test_reliability import engine_with
 
 
 @pytest.fixture(autouse=True)
 def _in_a_flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flower's messages take their run id from the process's task identity, set by Flower in a real ServerApp."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    as_flower_task(monkeypatch)
     monkeypatch.setattr(apps, "_RUNTIME", None)
 
 

@@ -19,7 +19,6 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-from flwr.supercore.task_identity import TaskIdentity
 
 from firm.config import Config
 from firm.data import federated_prompts
@@ -33,7 +32,7 @@ from firm.palette.sampling import solve_federated
 from firm.policy import build_policy
 from firm.robust import RoundFailed
 from firm.train import run
-from tests.conftest import tiny_config
+from tests.conftest import as_flower_task, tiny_config
 
 NAMES = ["positiveness", "conciseness"]
 Tamper = Callable[[int, ConfigRecord], None]
@@ -86,8 +85,7 @@ class _Grid:
 @pytest.fixture(autouse=True)
 def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Messages are stamped with the sending task's identity (set by Flower inside a ServerApp process)."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    as_flower_task(monkeypatch, node_id=0)
 
 
 def _config(tmp_path: Path, targets: str, *overrides: str) -> Config:

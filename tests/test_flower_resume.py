@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
 from firm.config import Config
@@ -36,7 +35,7 @@ from firm.engines.flower.engine import FlowerEngine
 from firm.engines.flower.node_state import ClientStateStore, NodeStateMissing, run_key
 from firm.engines.flower.submit import submit
 from firm.train import RunResult, run
-from tests.conftest import tiny_config
+from tests.conftest import as_flower_task, tiny_config
 from tests.test_flower_client import LoopbackGrid, Tamper
 
 STATEFUL = ["algorithm.name=fedcmoo", "compression.kind=int8", "federation.rounds=4", "output.checkpoint_every=2"]
@@ -46,8 +45,7 @@ STATEFUL = ["algorithm.name=fedcmoo", "compression.kind=int8", "federation.round
 @pytest.fixture(autouse=True)
 def _in_a_flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flower's messages take their run id from the process's task identity, set by Flower in a real ServerApp."""
-    for name in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
+    as_flower_task(monkeypatch)
     monkeypatch.setattr(apps, "_RUNTIME", None)
 
 
@@ -78,8 +76,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, dict[str, torch.Tensor]]:
     """The uninterrupted run every test compares its final adapter with."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("_run_id", "_node_id", "_task_id"):
-            mp.setattr(TaskIdentity, name, 1)
+        as_flower_task(mp)
         config = _config(tmp_path_factory.mktemp("flower"), "uninterrupted")
         result = _run(config)
     assert any(bool((t != 0).any()) for k, t in result.final_adapter.items() if "lora_B" in k)  # it trained

@@ -103,6 +103,17 @@ class RewardTrainConfig:
     """Seed of model initialisation, client sampling and episode draws."""
     device: str = "auto"
     """`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`."""
+    engine: Literal["inprocess", "flower"] = "inprocess"
+    """Where a federated run's clients train: `inprocess` (one after another in this process) or `flower` (a run
+    submitted to the Flower SuperLink at `train.superlink`, one SuperNode per group: docs/rewards/flower.md)."""
+    superlink: str = "127.0.0.1:8000"
+    """`flower`: host:port of the SuperLink (as the policy's `engine.superlink`)."""
+    root_certificates: str = ""
+    """`flower`: PEM file of the CA of the SuperLink's TLS certificate; empty = plaintext, allowed on loopback only
+    (the TLS rule of docs/deployment.md)."""
+    round_timeout: float = 600.0
+    """`flower`: seconds the server waits for a round's replies (and for the SuperNodes of its groups to connect);
+    a group still missing then fails the round (no client is dropped)."""
 
 
 @dataclass(frozen=True)
@@ -174,3 +185,18 @@ def validate(config: RewardConfig) -> None:
             raise ConfigError(message)
     if t.device != "auto" and not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device: got {t.device!r}, allowed: auto, cpu, cuda, cuda:N")
+    if not t.round_timeout > 0:
+        raise ConfigError(f"train.round_timeout: must be > 0 seconds, got {t.round_timeout}")
+    if t.engine == "flower":
+        from firm.transport import check_address, is_loopback_address
+
+        if t.mode != "federated":
+            raise ConfigError(f"train.engine=flower runs federated rounds; train.mode={t.mode} runs in process only")
+        check_address("train.superlink", t.superlink)
+        if not t.root_certificates and not is_loopback_address(t.superlink):  # the TLS rule of docs/deployment.md
+            raise ConfigError(
+                f"train.superlink: {t.superlink} is not a loopback address and train.root_certificates is empty, so the "
+                "run would travel in plaintext; set train.root_certificates to the CA file of the SuperLink's TLS certificate"
+            )
+        if t.root_certificates and not Path(t.root_certificates).is_file():
+            raise ConfigError(f"train.root_certificates: file not found: {t.root_certificates}")

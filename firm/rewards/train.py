@@ -177,8 +177,19 @@ def _eval_row(
     return {"seen": _summarise(per_group, seen), "unseen": _summarise(per_group, unseen), "groups": per_group}
 
 
-def run(config: RewardConfig, *, data: RewardData | None = None, resume: Path | None = None, progress: bool = True) -> Path:
-    """Train, evaluate every `eval_every` rounds, checkpoint, write the model and the report; returns the run dir."""
+def run(
+    config: RewardConfig,
+    *,
+    data: RewardData | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+    runner: ClientRunner | None = None,
+) -> Path:
+    """Train, evaluate every `eval_every` rounds, checkpoint, write the model and the report; returns the run dir.
+
+    `runner` runs a federated round's clients (default `in_process_runner`; the Flower ServerApp passes
+    `firm.rewards.flower.FlowerRunner`); everything else, evaluation included, runs here.
+    """
     t = config.train
     device = resolve_device(t.device)
     data = data if data is not None else load_data(config, device)
@@ -209,7 +220,7 @@ def run(config: RewardConfig, *, data: RewardData | None = None, resume: Path | 
         server.load_state_dict(last.state["server"])
         samples = int(last.state["samples"])
         local_weights = {k: dict(v) for k, v in last.state.get("local", {}).items()}
-    runner = in_process_runner(model, data, plan, t.seed, device)
+    runner = runner if runner is not None else in_process_runner(model, data, plan, t.seed, device)
 
     def model_for(name: str) -> nn.Module:
         """The model group `name` is evaluated with: its own in local mode; else the global one, loaded once per evaluation."""

@@ -11,6 +11,7 @@ docs/deployment.md), unless `engine.insecure_non_loopback` says the path is encr
 
 The ServerApp writes the run directory on the SuperLink's host: `output.dir` is made absolute
 here, and the run is named here, so that on loopback `firm train` can read the result back.
+`app_project` and `flwr_run` also submit the reward predictor's runs (firm.rewards.flower).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tomli_w
 
 from firm.config import Config
 from firm.engines.flower.local import CONNECTION, console_script, flower_env, flwr_home_for
-from firm.engines.flower.records import RESUME_FROM, config_to_run_config
+from firm.engines.flower.records import RESUME_FROM, RunConfig, config_to_run_config
 from firm.rundir import run_name
 from firm.transport import check_engine_transport, is_loopback_address
 from firm.version import __version__
@@ -40,12 +41,22 @@ def app_pyproject(config: Config, resume_from: Path | None = None) -> str:
     run_config = config_to_run_config(config)
     if resume_from is not None:
         run_config[RESUME_FROM] = str(resume_from.absolute())
+    return app_project(
+        run_config,
+        "firm.engines.flower.apps:server_app",
+        "firm.engines.flower.apps:client_app",
+        "A FIRM run: federated multi-objective alignment (ServerApp and ClientApp from the firm package)",
+    )
+
+
+def app_project(run_config: RunConfig, serverapp: str, clientapp: str, description: str) -> str:
+    """The pyproject.toml of a Flower App whose components are firm's `serverapp` and `clientapp` (module:object)."""
     project = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
             "name": "firm-run",
             "version": __version__,
-            "description": "A FIRM run: federated multi-objective alignment (ServerApp and ClientApp from the firm package)",
+            "description": description,
             "license": "Apache-2.0",
             "dependencies": [f"firm=={__version__}"],
         },
@@ -53,10 +64,7 @@ def app_pyproject(config: Config, resume_from: Path | None = None) -> str:
             "flwr": {
                 "app": {
                     "publisher": "firm",
-                    "components": {
-                        "serverapp": "firm.engines.flower.apps:server_app",
-                        "clientapp": "firm.engines.flower.apps:client_app",
-                    },
+                    "components": {"serverapp": serverapp, "clientapp": clientapp},
                     "config": run_config,
                 }
             }
@@ -85,27 +93,36 @@ def submit(config: Config, *, quiet: bool = False, resume_from: Path | None = No
     summary_path = run_dir / "summary.json"
     before = _stamp(summary_path)  # a resumed run's directory has the summary of its last session
     eng = config.engine
-    with tempfile.TemporaryDirectory(prefix="firm-flower-app-") as app:
-        (Path(app) / "pyproject.toml").write_text(app_pyproject(config, resume_from))
-        with flwr_home_for(eng.superlink, eng.root_certificates, eng.flwr_home or None) as home:
-            cmd = [console_script("flwr"), "run", app, CONNECTION, "--stream"]
-            out = subprocess.DEVNULL if quiet else None
-            env = flower_env(home)
-            env.pop("VIRTUAL_ENV", None)
-            result = subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False)
+    returncode = flwr_run(app_pyproject(config, resume_from), eng.superlink, eng.root_certificates, eng.flwr_home, quiet=quiet)
     if _stamp(summary_path) == before:  # no summary written by this run
         # A remote SuperLink writes the run directory on its own host; a loopback one writes it here, so a
         # missing summary there means the ServerApp failed (flwr run exits 0 even then, e.g. an infeasible palette).
-        if result.returncode == 0 and not is_loopback_address(eng.superlink):
+        if returncode == 0 and not is_loopback_address(eng.superlink):
             return run_dir
         raise FlowerRunError(
-            f"the Flower run wrote no {summary_path} (flwr run exited with {result.returncode}); "
+            f"the Flower run wrote no {summary_path} (flwr run exited with {returncode}); "
             f"is a SuperLink listening on {eng.superlink}? See its log (firm flower up: .firm-flower/superlink.log)"
         )
     summary = json.loads(summary_path.read_text())
     if summary.get("status") != "completed":
         raise FlowerRunError(f"the Flower run ended with status {summary.get('status')!r}: {summary.get('error', '')}")
     return run_dir
+
+
+def flwr_run(pyproject: str, superlink: str, root_certificates: str, flwr_home: str, *, quiet: bool = False) -> int:
+    """`flwr run --stream` of the App whose pyproject.toml is `pyproject`, on the SuperLink at `superlink`; its exit code.
+
+    The App is a temporary directory holding only that file; the connection is written to the
+    config.toml of `flwr_home` (empty: a temporary Flower home), never to the user's ~/.flwr.
+    """
+    with tempfile.TemporaryDirectory(prefix="firm-flower-app-") as app:
+        (Path(app) / "pyproject.toml").write_text(pyproject)
+        with flwr_home_for(superlink, root_certificates, flwr_home or None) as home:
+            cmd = [console_script("flwr"), "run", app, CONNECTION, "--stream"]
+            out = subprocess.DEVNULL if quiet else None
+            env = flower_env(home)
+            env.pop("VIRTUAL_ENV", None)
+            return subprocess.run(cmd, env=env, stdout=out, stderr=out, check=False).returncode
 
 
 def _stamp(path: Path) -> int | None:

@@ -10,15 +10,17 @@ SuperNode with `--isolation process` and this worker beside it instead:
 The worker takes the SuperNode's ClientApp tasks from its Runtime API (what `flower-superexec`
 does), and runs each in this process with Flower's own task-input / reply / task-output calls
 (the steps of `flwr-clientapp`), so the model and scorers are built once and kept
-(`firm.engines.flower.apps.runtime`). It serves only FIRM's ClientApp: a run of another Flower
-app gets an error reply naming the app. A task lost to a SuperNode restart, or one whose input
-never arrives (`_task_input`), fails alone: the worker serves on. Written against flwr 1.41.0
+(`firm.engines.flower.apps.runtime`). It serves only FIRM's ClientApps (the policy's and the
+reward predictor's, `firm.rewards.flower`): a run of another Flower app gets an error reply naming
+the app. A task lost to a SuperNode restart, or one whose input never arrives (`_task_input`),
+fails alone: the worker serves on. Written against flwr 1.41.0
 (pinned); those calls are Flower internals that may move in other versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import sys
 import threading
@@ -42,6 +44,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 CLIENT_APP_REF = "firm.engines.flower.apps:client_app"
+CLIENT_APP_REFS = (CLIENT_APP_REF, "firm.rewards.flower:client_app")
+"""The ClientApps this worker runs: the policy's and the reward predictor's."""
 
 INPUT_PATIENCE_S = 30.0
 """Seconds a task may wait for its input before a newer task of the SuperNode takes its place (`_task_input`)."""
@@ -114,8 +118,6 @@ def _task_input(client: RuntimeHttpClient, supernode: RuntimeHttpClient) -> tupl
 
 def run_task(address: str, root_certificates: str | None, token: str, supernode: RuntimeHttpClient) -> None:
     """Run one ClientApp task in this process: pull its message and context, reply, push the context back."""
-    from firm.engines.flower.apps import client_app
-
     client = _client(address, root_certificates, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
@@ -125,8 +127,10 @@ def run_task(address: str, root_certificates: str | None, token: str, supernode:
         message, context, _run, fab = _task_input(client, supernode)
         app_ref = fab_client_app(fab.content)
         try:
-            if app_ref != CLIENT_APP_REF:
-                raise ValueError(f"this worker runs only FIRM's ClientApp ({CLIENT_APP_REF}), not {app_ref!r}")
+            if app_ref not in CLIENT_APP_REFS:
+                raise ValueError(f"this worker runs only FIRM's ClientApps ({', '.join(CLIENT_APP_REFS)}), not {app_ref!r}")
+            module, _, name = app_ref.partition(":")
+            client_app = getattr(importlib.import_module(module), name)
             reply = client_app(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
         except Exception as err:  # the server sees the reason in the error reply, as with flwr-clientapp
