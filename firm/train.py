@@ -28,7 +28,7 @@ from firm.data import FederatedPrompts, Prompt, data_seed, split_prompts
 from firm.engines.inprocess import InProcessEngine
 from firm.engines.server import RoundOutcome
 from firm.evaluation import Evaluation, base_vs_final_samples, evaluate
-from firm.objectives import Objective, resolve_objective
+from firm.objectives import Objective, display_name, resolve_objective
 from firm.policy import Policy, build_policy
 from firm.robust import RoundFailed
 from firm.rundir import RunDir, RunDirError
@@ -295,7 +295,7 @@ def run(
                 save_checkpoint(round_idx, global_adapter, client_states, server_state)
                 last_saved = round_idx
             if eval_rewards is not None:
-                progress.set_postfix({k[:12]: f"{v:.3f}" for k, v in eval_rewards.items()})
+                progress.set_postfix({display_name(k): f"{v:.3f}" for k, v in eval_rewards.items()})
         final_dir = run_dir.write_final_adapter(partial(_save, policy, global_adapter))
         progress.set_description("samples")
         ro = config.rollout

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from firm.config import ConfigError
-from firm.objectives import bind_client, resolve_objective, validate_config
+from firm.objectives import bind_client, display_name, resolve_objective, validate_config
 from firm.rewards.config import load_reward_config
 from firm.rewards.episodes import GroupData
 from firm.rewards.train import RewardData, run
@@ -90,3 +90,18 @@ def test_bad_model_directories_are_one_line_config_errors(model_dir: Path, tmp_p
     (other / "predictor.json").write_text(json.dumps(info), encoding="utf-8")
     check(f"learned:{other}", "trained on embeddings of 'some/other-encoder'")
     check(f"learned:{model_dir}@nobody", "no group 'nobody'")
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("learned:runs/reward-federated-1/model", "learned:reward-federated-1"),
+        ("learned:runs/r1/model@clients", "learned:r1@clients"),
+        ("learned:/abs/path/r2/model@g7", "learned:r2@g7"),
+        ("learned:mydir", "learned:mydir"),
+        ("helpfulness", "helpfulness"),
+        ("a_very_long_objective_name", "a_very_long_obj~"),
+    ],
+)
+def test_progress_labels_name_the_reward_run(name: str, label: str) -> None:
+    assert display_name(name) == label

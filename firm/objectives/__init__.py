@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any, Protocol
 
 import torch
@@ -99,6 +100,18 @@ def resolve_objective(name: str) -> Objective:
         raise KeyError(f"objective {name!r}: module {module_name!r} has no callable {func_name!r}")
     objective: Objective = func
     return objective
+
+
+def display_name(name: str, width: int = 16) -> str:
+    """A short label for progress bars: `learned:<path>[@sel]` shows as `learned:<run>[@sel]` (the reward run's
+    directory, the parent of `model/`), uncut; any other name longer than `width` is cut to it, ending in `~`."""
+    if name.startswith(LEARNED):
+        body = name[len(LEARNED) :]
+        path, selector = body.rpartition("@")[::2] if "@" in PurePath(body).name else (body, "")
+        parts = PurePath(path).parts
+        run = parts[-2] if len(parts) >= 2 and parts[-1] == "model" else (parts[-1] if parts else "")
+        return f"{LEARNED}{run}" + (f"@{selector}" if selector else "")
+    return name if len(name) <= width else name[: width - 1] + "~"
 
 
 def bind_client(objectives: Sequence[tuple[str, Objective]], client_id: int) -> list[tuple[str, Objective]]:
