@@ -105,3 +105,18 @@ def test_bad_model_directories_are_one_line_config_errors(model_dir: Path, tmp_p
 )
 def test_progress_labels_name_the_reward_run(name: str, label: str) -> None:
     assert display_name(name) == label
+
+
+def test_a_tiny_firm_train_runs_on_a_learned_objective(model_dir: Path, tmp_path: Path) -> None:
+    """`learned:<path>@clients` beside another objective, end to end: every client scores with its own group, the
+    held-out evaluation with the population's, and the figures are rewards in [0, 1]."""
+    from firm.train import run as train
+
+    result = train(tiny_config(tmp_path, f'objectives.names=["positiveness", "learned:{model_dir.as_posix()}@clients"]'))
+    name = f"learned:{model_dir.as_posix()}@clients"
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert 0.0 <= row["eval"][name] <= 1.0
+        assert all(0.0 <= step["reward"][1] <= 1.0 for steps in row["local"].values() for step in steps)
+    assert result.summary["final_eval"][name] != result.summary["initial_eval"][name]  # the policy moved, the score followed
