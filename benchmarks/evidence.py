@@ -59,10 +59,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from provenance import machine
-
 from firm.config import Config, ConfigError
 from firm.data import split_prompts
+from firm.provenance import machine
 from firm.sweep import Arm, arm_config, config_delta, run_point, sweep
 from firm.validation import load_config
 

@@ -48,9 +48,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import torch
-from provenance import machine
 
 from firm.pareto import mean_interval
+from firm.provenance import machine
 from firm.rewards.config import RewardConfig, load_reward_config
 from firm.rewards.metrics import fairness, group_alignment
 from firm.rewards.train import RewardData, contexts_for, load_data, resume_run, run

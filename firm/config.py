@@ -8,27 +8,27 @@ one-line message naming the dotted key and what is allowed.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
-import inspect
-import itertools
-import math
 import sys
-import textwrap
-import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from firm.config_io import ConfigError as ConfigError  # raised by every config check; re-exported
+from firm.config_io import (
+    apply_override,
+    attribute_docstrings,
+    build_dataclass,
+    read_config_file,
+    type_name,
+)
+from firm.privacy.config import PrivacyConfig
+
 REFERENCES = ("centralized", "local")
 """Non-federated reference runs accepted as algorithm.name (firm.references)."""
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error: one line, naming the key and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,16 @@ class EngineConfig:
     """Seconds the server waits for a round's replies; a client that has not replied by then is dropped from the round."""
     flwr_home: str = ""
     """Flower home directory used to submit the run (`flwr run` connection file); empty = a fresh temporary one."""
+    secure_aggregation: bool = False
+    """Run each training round through Flower's SecAgg+ protocol, so the server learns only the mean of the round's updates, never one of them (docs/privacy.md, "Secure aggregation"). Flower engine only; each of the protocol's four message stages waits up to `engine.round_timeout`. Refused with what needs individual updates: `aggregation.rule` median or trimmed_mean, the norm screen (set `aggregation.max_norm_ratio=0`), `aggregation.clip_norm`, `compression.kind`, fedcmoo's probes, and fewer than 3 clients per round."""
+    secagg_num_shares: int = 0
+    """SecAgg+: the neighbours (itself included) among which each client splits its two secrets, Shamir shares of its mask seed and of its masking key; 0 = every client of the round. Otherwise 3 or more, odd (Flower's neighbour ring) and at most `federation.clients_per_round`."""
+    secagg_reconstruction_threshold: int = 0
+    """SecAgg+: the shares that rebuild a secret, so a round survives as long as every client keeps this many neighbours that have not dropped; 0 = a majority, num_shares // 2 + 1. Otherwise in [2, num_shares - 1]: higher resists more colluding clients, lower survives more dropouts."""
+    secagg_clipping_range: float = 8.0
+    """SecAgg+: c, every value a client uploads is clipped to [-c, c] before it is quantised (the clipping is silent: the node prints a warning). The default is about 2000 times the largest delta entry local Adam takes at the default settings (lr x local_steps x inner_epochs = 0.004) and 6 standard deviations of client-mode DP noise of std up to 1.3 (docs/privacy.md)."""
+    secagg_quantization_range: int = 16777216
+    """SecAgg+: integer levels of [-c, c] (2**24: a step of 2c / 2**24, about 1e-6 at the default c); the masked sums live modulo 2**32, so `federation.clients_per_round` x this must stay below 2**32 (up to 255 clients per round)."""
 
 
 @dataclass(frozen=True)
@@ -272,52 +282,11 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     palette: PaletteConfig = field(default_factory=PaletteConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @property
     def num_objectives(self) -> int:
         return len(self.objectives.names)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the field type `tp` and convert it (lists -> tuples, int -> float)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: got {value!r}, allowed: {_type_name(tp)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        item_tp = typing.get_args(tp)[0]
-        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {tp} at {key}")  # a bug in this module, not user input
 
 
 RENAMED = {
@@ -331,36 +300,10 @@ RENAMED = {
 """Keys that were renamed: an old key is refused with its new name, not as merely unknown."""
 
 
-def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if dotted in RENAMED:
-            raise ConfigError(f"{dotted} was renamed {RENAMED[dotted]}")
-        if key not in names:
-            raise ConfigError(
-                f"unknown key {dotted!r}; allowed under {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
-            )
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if isinstance(value, str) and "name" in {f.name for f in dataclasses.fields(tp)}:
-                value = {"name": value}  # `engine=flower` is short for `engine.name=flower`
-            if not isinstance(value, Mapping):
-                raise ConfigError(
-                    f"{dotted}: expected a table of keys ({', '.join(f.name for f in dataclasses.fields(tp))}), got {value!r}"
-                )
-            kwargs[key] = build_dataclass(tp, value, f"{dotted}.")  # type: ignore[arg-type]
-        else:
-            kwargs[key] = _convert(value, tp, dotted)
-    return cls(**kwargs)
-
-
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Build a Config from nested plain data (a parsed TOML/YAML file): keys and types checked here,
     values by `firm.validation.validate` (which `firm.validation.load_config` calls)."""
-    return typing.cast(Config, build_dataclass(Config, data, ""))
+    return typing.cast(Config, build_dataclass(Config, data, "", RENAMED))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -381,46 +324,6 @@ def config_to_toml(config: Config) -> str:
     import tomli_w
 
     return tomli_w.dumps(config_to_dict(config))
-
-
-# --------------------------------------------------------------------------- files and overrides
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
-        if not isinstance(data, dict | None):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-        return data or {}
-    raise ConfigError(f"{path}: unknown config format {path.suffix!r}; allowed: .toml, .yaml, .yml")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse `a.b=value`; the value is read as a TOML value (`3`, `0.5`, `true`, `[1, 2]`, `"x"`), else a bare string."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. federation.rounds=3")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: the key must be dotted names, e.g. algorithm.reg=0.5")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
 
 
 def upgrade_renamed(data: dict[str, Any]) -> list[str]:
@@ -452,20 +355,6 @@ def read_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     return config_from_dict(data)
 
 
-def apply_override(data: dict[str, Any], text: str) -> None:
-    """Set one `key=value` override in a config's nested dict (a file's, or `config_to_dict`'s), in place."""
-    parts, value = parse_override(text)
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if isinstance(child, str) and node is data:  # `engine=flower` then `engine.superlink=...`
-            child = node[part] = {"name": child}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 @functools.cache
 def field_help() -> tuple[tuple[str, str, str, str], ...]:
     """(dotted key, type, default, docstring) of every leaf field, from the attribute docstrings; cached (reading
@@ -474,26 +363,9 @@ def field_help() -> tuple[tuple[str, str, str, str], ...]:
     defaults = config_to_dict(Config())
     for section in dataclasses.fields(Config):
         cls = typing.get_type_hints(Config)[section.name]
-        docs = _attribute_docstrings(cls)
+        docs = attribute_docstrings(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            tname = _type_name(hints[f.name]).removeprefix("an ").removeprefix("a ")
+            tname = type_name(hints[f.name]).removeprefix("an ").removeprefix("a ")
             rows.append((f"{section.name}.{f.name}", tname, repr(defaults[section.name][f.name]), docs.get(f.name, "")))
     return tuple(rows)
-
-
-def _attribute_docstrings(cls: type) -> dict[str, str]:
-    """Map field name -> the string literal that follows its annotation in the class body."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs

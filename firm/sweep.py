@@ -53,7 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firm.config import Config, ConfigError, apply_override, config_from_dict, config_to_dict, parse_override
+from firm.config import Config, ConfigError, config_from_dict, config_to_dict
+from firm.config_io import apply_override, parse_override
 from firm.data import data_seed
 from firm.pareto import common_base, preference_grid, seeded_pareto
 from firm.validation import validate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from firm import checkpoint
 from firm.aggregation import weights_drift
-from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
 from firm.algorithms.protocol import ServerState
 from firm.codec import Adapter, encode
@@ -30,6 +30,8 @@ from firm.engines.server import RoundOutcome
 from firm.evaluation import Evaluation, base_vs_final_samples, evaluate
 from firm.objectives import Objective, display_name, resolve_objective
 from firm.policy import Policy, build_policy
+from firm.privacy.ledger import PrivacyLedger
+from firm.privacy.wrap import build_algorithm
 from firm.robust import RoundFailed
 from firm.rundir import RunDir, RunDirError
 from firm.validation import load_config, validate
@@ -154,7 +156,8 @@ def run(
     palette: dict[str, Any] | None = None
     if config.palette.targets:  # MAP targets -> the preference every algorithm trains with
         palette, config = _palette(config, policy, objectives, prompts, resume_from, palette_solve)
-    algorithm = ALGORITHMS[config.algorithm.name](config)
+    algorithm = build_algorithm(config)
+    ledger = PrivacyLedger(config) if config.privacy.mode != "off" else None
     rounds = (engine or _inprocess)(policy, algorithm, objectives, prompts, config, communicate)
     global_adapter = policy.get_adapter()
     first_round, ckpt = 1, None
@@ -171,6 +174,8 @@ def run(
             first_round, global_adapter = ckpt.round + 1, ckpt.global_adapter
             policy.set_adapter(global_adapter)
             rounds.client_states.update({int(k): v for k, v in ckpt.state.get("client_states", {}).items()})
+            if ledger is not None:
+                ledger.load_state_dict(ckpt.state["privacy"])
 
     def run_eval() -> Evaluation:
         ro = config.rollout
@@ -210,6 +215,7 @@ def run(
             "initial_kl": summary["initial_kl"],
             "client_states": {str(k): v for k, v in client_states.items()},
             "server_state": server_state,
+            **({"privacy": ledger_state} if ledger is not None else {}),
         }
         run_dir.write_checkpoint(round_idx, partial(_save, policy, adapter), adapter, state)
 
@@ -220,6 +226,8 @@ def run(
     # the round (its evaluation included) checkpoints, resumes and retries from a consistent state.
     client_states = copy.deepcopy(rounds.client_states)
     server_state: ServerState = dict(ckpt.state.get("server_state", {})) if ckpt is not None else {}
+    ledger_state = ledger.state_dict() if ledger is not None else {}  # the ledger after the last completed round
+    stopped: str | None = None
     try:
         if ckpt is not None and ckpt.state.get("initial_eval") is not None:
             initial_eval, initial_kl = ckpt.state["initial_eval"], ckpt.state["initial_kl"]
@@ -242,6 +250,9 @@ def run(
             initial_eval_prompt_means=initial_prompts,
         )
         for round_idx in range(first_round, fed.rounds + 1):
+            if ledger is not None and (stopped := ledger.stop_reason(round_idx)) is not None:
+                print(f"firm: {stopped}; stopping before it", file=sys.stderr)
+                break
             progress.set_description(f"round {round_idx}/{fed.rounds}")
             round_start = time.perf_counter()
             for attempt in range(1, fed.round_retries + 2):
@@ -285,17 +296,27 @@ def run(
                 "time_s": times,
                 "local": {str(c): s for c, s in outcome.steps.items()},
             }
+            if ledger is not None:
+                row["privacy"] = ledger.record(sum(c not in outcome.dropped for c in outcome.client_ids))
             run_dir.append_metrics(row)
             metrics.append(row)
             # The round is complete only now: its results become the state to checkpoint and resume from.
             global_adapter = outcome.global_adapter
             client_states = copy.deepcopy(rounds.client_states)
             server_state = outcome.server_state
+            ledger_state = ledger.state_dict() if ledger is not None else {}
             if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
                 save_checkpoint(round_idx, global_adapter, client_states, server_state)
                 last_saved = round_idx
             if eval_rewards is not None:
-                progress.set_postfix({display_name(k): f"{v:.3f}" for k, v in eval_rewards.items()})
+                shown = {display_name(k): f"{v:.3f}" for k, v in eval_rewards.items()}
+                if ledger is not None:
+                    shown["epsilon"] = f"{ledger.epsilon:.3g}"
+                progress.set_postfix(shown)
+        completed = metrics[-1]["round"] if metrics else 0
+        if stopped is not None and completed > last_saved:  # the budget stop: the last released round is resumable
+            save_checkpoint(completed, global_adapter, client_states, server_state)
+            last_saved = completed
         final_dir = run_dir.write_final_adapter(partial(_save, policy, global_adapter))
         progress.set_description("samples")
         ro = config.rollout
@@ -304,9 +325,11 @@ def run(
         )
         run_dir.write_jsonl("samples.jsonl", samples)
         final = next((m for m in reversed(metrics) if m["eval"] is not None), None)
+        if ledger is not None:
+            summary["privacy"] = _privacy_summary(config, ledger, stopped)
         summary.update(
-            status="completed",
-            rounds=fed.rounds,
+            status="completed" if stopped is None else "stopped",
+            rounds=completed,
             final_eval=final["eval"] if final else initial_eval,
             final_eval_se=final.get("eval_se") if final else initial_se,
             final_eval_prompt_means=final.get("eval_prompt_means") if final else initial_prompts,
@@ -336,6 +359,26 @@ def run(
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
     report = _write_report(run_dir.path) if config.output.report else None
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
+
+
+def _privacy_summary(config: Config, ledger: PrivacyLedger, stopped: str | None) -> dict[str, Any]:
+    """summary.json's `privacy`: the settings, epsilon at delta after the last round, why the run stopped early."""
+    p = config.privacy
+    out: dict[str, Any] = {
+        "mode": p.mode,
+        "clip_norm": p.clip_norm,
+        "noise_multiplier": p.noise_multiplier,
+        "delta": p.delta,
+        "max_epsilon": p.max_epsilon,
+        "releases": ledger.releases,
+        "epsilon": ledger.epsilon if math.isfinite(ledger.epsilon) else None,
+        "accounting": "RDP, sampled without replacement, replace-one adjacency (docs/privacy.md)",
+        "stopped": stopped,
+    }
+    if p.mode == "client" and not getattr(config.engine, "secure_aggregation", False):
+        per_update = ledger.per_update_epsilon()  # the server sees each noised update
+        out["per_update_epsilon"] = per_update if math.isfinite(per_update) else None
+    return out
 
 
 def _restore(live: dict[Any, Any], saved: dict[Any, Any]) -> None:
@@ -437,6 +480,8 @@ def resume(run_dir: str | Path) -> RunResult:
             status = None
         if status == "completed":
             raise RunDirError(f"{path}: the run already completed; nothing to resume")
+        if status == "stopped":
+            raise RunDirError(f"{path}: the run stopped at its privacy budget (summary.json: privacy.stopped); nothing to resume")
     config = load_config(path / "config.toml", upgrade=True)  # a run of an older firm may hold renamed keys
     if config.engine.name == "flower":
         # A new Flower run whose ServerApp continues this directory (its clients' states are on their nodes).

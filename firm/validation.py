@@ -14,6 +14,7 @@ from pathlib import Path
 
 from firm import algorithms, compression, data, objectives, palette, policy, robust, transport
 from firm.config import Config, ConfigError, read_config
+from firm.privacy import wrap as privacy
 from firm.tasks import resolve_config_path
 
 
@@ -86,7 +87,9 @@ def validate(config: Config) -> None:
             f"federation.min_clients: {fed.min_clients} is more than federation.clients_per_round = {fed.clients_per_round}"
         )
     robust.validate_config(config)
+    privacy.validate_config(config)
     transport.validate_engine(config.engine)
+    transport.validate_secure_aggregation(config)
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")

@@ -35,6 +35,7 @@ from firm.report.plotting import (
     _round_axis,
     _top,
 )
+from firm.report.privacy import privacy_html, privacy_lines
 from firm.rundir import write_atomic
 
 if TYPE_CHECKING:
@@ -310,6 +311,7 @@ def report_table(run_dir: Path | str) -> str:
         )
     up, down = run.total_bytes
     lines.append(f"bytes sent over {len(run.metrics)} rounds: {_fmt_bytes(up)} up, {_fmt_bytes(down)} down")
+    lines += privacy_lines(run)
     if run.palette is not None:
         targets = {n: v for n, v in run.palette["targets"].items() if v is not None}
         lines.append("palette targets vs achieved, per evaluated round (round 0 = base):")
@@ -395,6 +397,7 @@ def _html(run: Run, pngs: dict[str, bytes]) -> str:
 
     if run.palette is not None:
         parts.extend(_palette_html(run))
+    parts.extend(privacy_html(run))
 
     parts.append("<h2>Plots</h2>")
     for name, data in pngs.items():

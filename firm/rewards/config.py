@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from firm.config import ConfigError, apply_override, build_dataclass, read_config_file
+from firm.config_io import ConfigError, apply_override, build_dataclass, read_config_file
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.utils import get_flwr_home
 
-from firm.algorithms import REGISTRY as ALGORITHMS
 from firm.algorithms import Algorithm
 from firm.algorithms.protocol import ROUND_IDX, as_prober
 from firm.client import problem_sampler
@@ -57,9 +56,11 @@ from firm.engines.flower.records import (
     resume_dir,
     run_config_to_config,
 )
+from firm.engines.flower.secagg import SecureFlowerEngine, fit_reply, in_protocol, secaggplus_when_asked
 from firm.local_step import Timer
 from firm.objectives import Objective, resolve_objective
 from firm.policy import Policy, build_policy
+from firm.privacy.wrap import build_algorithm
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -78,10 +79,9 @@ def server_main(grid: Grid, context: Context) -> None:
     # A progress bar cannot redraw through Flower's log stream; the engine prints a line per round instead.
     config = dataclasses.replace(config, output=dataclasses.replace(config.output, progress=False))
     resume_from = resume_dir(context.run_config)  # `firm train --resume`: continue from its latest checkpoint
+    engine = SecureFlowerEngine if config.engine.secure_aggregation else FlowerEngine  # secagg.py: SecAgg+ rounds
     try:
-        result = run(
-            config, engine=partial(FlowerEngine, grid), palette_solve=partial(solve_on_nodes, grid), resume_from=resume_from
-        )
+        result = run(config, engine=partial(engine, grid), palette_solve=partial(solve_on_nodes, grid), resume_from=resume_from)
     except PaletteInfeasible as err:  # the user reads this line in the streamed log; no run directory is written
         print(f"firm: error: {err}; nothing was trained", flush=True)
         raise
@@ -156,7 +156,7 @@ def runtime(config: Config, context: Context) -> _Runtime:
             file=sys.stderr,
             flush=True,
         )
-    _RUNTIME = _Runtime(key, weights_key, policy, objectives, shard, ALGORITHMS[config.algorithm.name](config))
+    _RUNTIME = _Runtime(key, weights_key, policy, objectives, shard, build_algorithm(config))
     return _RUNTIME
 
 
@@ -175,9 +175,12 @@ def client_palette(msg: Message, context: Context) -> Message:
     return node_reply(msg, context, _node_client_id(context), config, partial(runtime, config, context))
 
 
-@client_app.train()
+@client_app.train(mods=[secaggplus_when_asked])
 def client_train(msg: Message, context: Context) -> Message:
-    """One client's side of a round (or of its probe trip): local update on this node's prompts."""
+    """One client's side of a round (or of its probe trip): local update on this node's prompts.
+
+    In a SecAgg+ round (secagg.py) the reply is the uploads in the layout Flower's mod masks on the way out.
+    """
     meta = msg.content.config_records["firm.round"]
     config = with_server_preference(run_config_to_config(context.run_config), meta)
     rt = runtime(config, context)
@@ -205,7 +208,9 @@ def client_train(msg: Message, context: Context) -> Message:
     else:
         update = rt.algorithm.client_update(rt.policy.params, sampler, state, timer)
     content = RecordDict()
-    if stage == "probe" or config.compression.kind == "none":  # probes always travel uncompressed
+    if in_protocol(msg):  # SecAgg+: Flower's mod quantises and masks these before the reply leaves the node
+        content = fit_reply(update.uploads, config.engine.secagg_clipping_range, client_id)
+    elif stage == "probe" or config.compression.kind == "none":  # probes always travel uncompressed
         for i, upload in enumerate(update.uploads):
             content[f"upload.{i}"] = adapter_to_record(upload)
     else:  # the in-process engine's encoding, as opaque bytes; the residual joins this node's state

@@ -10,6 +10,8 @@ A sampled client whose node is missing, errs, or does not reply within `engine.r
 is dropped from the round and recorded in the row's `dropped`; the round aggregates the rest
 (weights re-normalised by the running mean) unless fewer than `federation.min_clients` replied.
 Probes (the first trip of an algorithm whose `RoundShape` probes) are screened like updates (`firm.robust.screen_probes`).
+With `engine.secure_aggregation` the round is `firm.engines.flower.secagg.SecureFlowerEngine`'s (Flower's SecAgg+);
+this engine refuses to run it in the clear.
 
 The clients' algorithm states stay on their nodes' disks (`firm.engines.flower.node_state`);
 `client_states` holds, per client, only the round of its current version, so the run loop
@@ -166,6 +168,8 @@ class FlowerEngine:
     ) -> RoundOutcome:
         """One round from the last completed round's adapter and server state (the outcome carries the new
         ones); the updates it holds for the norm screen are removed when it ends, also on error."""
+        if self.config.engine.secure_aggregation:  # never in the clear when asked not to be
+            raise ValueError("engine.secure_aggregation: the round runs on firm.engines.flower.secagg.SecureFlowerEngine")
         self._refresh_nodes()
         self._update_keep_from(round_idx)
         expected = expected_uploads(self.algorithm)
@@ -278,6 +282,24 @@ class FlowerEngine:
             server_state=server_state,
         )
 
+    def round_record(self, round_idx: int, client_id: int, stage: str) -> ConfigRecord:
+        """The `firm.round` record of a client's message: round, stage, preference, and its state's version."""
+        # The preference the clients step with is the server's: a palette solve sets it after the run-config was sent.
+        pref = self.config.objectives.preference
+        preference = {"preference": [float(v) for v in pref]} if pref else {}
+        return ConfigRecord(
+            {
+                "round": round_idx,
+                "client_id": client_id,
+                "stage": stage,
+                **preference,
+                # which version of its state the node starts from, and which it may delete (node_state.py)
+                "run_key": self.run_key,
+                "state_round": self._state_round(client_id),
+                "keep_from": self.keep_from.get(client_id, 0),
+            }
+        )
+
     def _exchange(
         self,
         round_idx: int,
@@ -289,23 +311,9 @@ class FlowerEngine:
     ) -> list[tuple[int, Message]]:
         """Send one `train` message per client and collect the good replies in client-id order."""
         messages: list[Message] = []
-        # The preference the clients step with is the server's: a palette solve sets it after the run-config was sent.
-        pref = self.config.objectives.preference
-        preference = {"preference": [float(v) for v in pref]} if pref else {}
         for client_id in client_ids:
             records = RecordDict(dict(content))
-            records["firm.round"] = ConfigRecord(
-                {
-                    "round": round_idx,
-                    "client_id": client_id,
-                    "stage": stage,
-                    **preference,
-                    # which version of its state the node starts from, and which it may delete (node_state.py)
-                    "run_key": self.run_key,
-                    "state_round": self._state_round(client_id),
-                    "keep_from": self.keep_from.get(client_id, 0),
-                }
-            )
+            records["firm.round"] = self.round_record(round_idx, client_id, stage)
             messages.append(
                 Message(records, dst_node_id=self.nodes[client_id], message_type=MessageType.TRAIN, group_id=str(round_idx))
             )

@@ -88,8 +88,8 @@ def record_to_payload(record: ArrayRecord) -> bytes:
     return bytes(record["payload"].numpy().tobytes())
 
 
-def payload_bytes(record: ArrayRecord) -> int:
-    """Bytes of an adapter payload in a message: the serialised record, its Arrays and their chunks.
+def payload_bytes(record: ArrayRecord | ConfigRecord) -> int:
+    """Bytes of an adapter payload (or any record) in a message: the serialised record, its Arrays and their chunks.
 
     Flower sends a message as content-addressed objects (record -> Arrays -> data chunks), each
     distinct object once, so this counts each distinct object once: chunks with identical bytes

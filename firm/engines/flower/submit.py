@@ -28,7 +28,7 @@ from firm.config import Config
 from firm.engines.flower.local import CONNECTION, console_script, flower_env, flwr_home_for
 from firm.engines.flower.records import RESUME_FROM, RunConfig, config_to_run_config
 from firm.rundir import run_name
-from firm.transport import check_engine_transport, is_loopback_address
+from firm.transport import check_engine_transport, is_loopback_address, validate_secure_aggregation
 from firm.version import __version__
 
 
@@ -88,6 +88,7 @@ def submit(config: Config, *, quiet: bool = False, resume_from: Path | None = No
     a new Flower run whose ServerApp resumes it; the clients' states are on their nodes (docs/deployment.md).
     """
     check_engine_transport(config.engine)  # also for a Config built in code, which `validate` never saw
+    validate_secure_aggregation(config)  # before anything is submitted, as the ServerApp would refuse it
     config = prepare(config)
     run_dir = resume_from or Path(config.output.dir) / config.output.name
     summary_path = run_dir / "summary.json"

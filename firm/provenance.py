@@ -1,4 +1,4 @@
-"""Where a benchmark's figures come from: the commit, the CPU, the core count and the library versions."""
+"""Where a benchmark's figures come from: the commit, the CPU, the core count and the library versions (for the pages benchmarks/ write)."""
 
 from __future__ import annotations
 
