@@ -24,6 +24,7 @@ from firm.rundir import RunDirError
 from firm.train import resume, run
 from firm.validation import load_config
 from tests.conftest import tiny_config, tiny_overrides
+from tests.test_flower_client import _in_a_flower_task  # noqa: F401 (a fixture)
 
 
 def _update(scale: float, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -287,3 +288,21 @@ def test_an_interrupted_private_run_resumes_the_ledger_exactly(tmp_path: Path) -
     assert [r["privacy"] for r in _rows(part)] == [r["privacy"] for r in _rows(full.run_dir)]
     assert resumed.summary["privacy"]["epsilon"] == full.summary["privacy"]["epsilon"]
     assert np.isfinite(resumed.summary["privacy"]["epsilon"])
+
+
+@pytest.mark.usefixtures("_in_a_flower_task")
+@pytest.mark.parametrize("mode", ["server", "client"])
+def test_privacy_on_the_flower_engine_is_the_in_process_run(tmp_path: Path, mode: str) -> None:
+    """Through the real FlowerEngine and ClientApp (messages answered in this process): `server` mode clips in the
+    ServerApp's aggregator, `client` mode on the node. At noise 0 (clipping only) both give the in-process adapter,
+    and a clip that binds changes it."""
+    from tests.test_flower_client import LoopbackGrid, _flower_config, _flower_run
+
+    common = [f"privacy.mode={mode}", "privacy.noise_multiplier=0", "privacy.clip_norm=1e-3", *PRIVATE, "federation.rounds=2"]
+    config = _flower_config(tmp_path / "flower", *common, "output.name=run")
+    ours = _flower_run(config, LoopbackGrid(config))
+    theirs = run(tiny_config(tmp_path / "inprocess", *common, "output.name=run"))
+    unclipped = run(tiny_config(tmp_path / "plain", "aggregation.max_norm_ratio=0", "federation.rounds=2", "output.name=run"))
+    assert max((ours.final_adapter[k] - t).abs().max().item() for k, t in theirs.final_adapter.items()) < 1e-6
+    assert max((unclipped.final_adapter[k] - t).abs().max().item() for k, t in theirs.final_adapter.items()) > 1e-4
+    assert [r["privacy"]["releases"] for r in ours.metrics] == [1, 2]
