@@ -298,7 +298,7 @@ def test_privacy_on_the_flower_engine_is_the_in_process_run(tmp_path: Path, mode
     and a clip that binds changes it."""
     from tests.test_flower_client import LoopbackGrid, _flower_config, _flower_run
 
-    common = [f"privacy.mode={mode}", "privacy.noise_multiplier=0", "privacy.clip_norm=1e-3", *PRIVATE, "federation.rounds=2"]
+    common = [*PRIVATE, f"privacy.mode={mode}", "privacy.noise_multiplier=0", "privacy.clip_norm=1e-3", "federation.rounds=2"]
     config = _flower_config(tmp_path / "flower", *common, "output.name=run")
     ours = _flower_run(config, LoopbackGrid(config))
     theirs = run(tiny_config(tmp_path / "inprocess", *common, "output.name=run"))
