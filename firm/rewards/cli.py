@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train = rsub.add_parser(
         "train",
         help="train the predictor (federated, centralized or local) and write a run directory with model/",
-        description="Keys: data.* (attribute, min_conversations, unseen_groups, test_fraction, seed), model.* (kind=gpo|regression, "
+        description="Keys: data.* (attribute, min_conversations, min_turns, unseen_groups, test_fraction, holdout=test|validation, seed), model.* (kind=gpo|regression, "
         "d_model, layers, heads, hidden, context, queries), train.* (mode=federated|centralized|local, rounds, clients_per_round, "
         "local_epochs, lr, server=fedavg|fedavgm|fedadam|fedadagrad, server_lr, seed, device, engine=inprocess|flower, superlink, "
         "root_certificates, round_timeout), output.* (dir, name); "
