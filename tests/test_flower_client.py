@@ -7,7 +7,7 @@ inputs, so each check is fast and fails on exactly the defect it names.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from firm.policy import Policy, build_policy
 from firm.robust import RoundFailed
 from firm.train import RunResult, run
 from tests.conftest import as_flower_task, tiny_config
+from tests.memory_grid import MemoryGrid
 from tests.test_reliability import engine_with
 
 
@@ -72,22 +73,17 @@ Tamper = Callable[["LoopbackGrid", int, int, str, Message], Message | None]
 (the node died before replying): fault injection on the wire and on the nodes."""
 
 
-class LoopbackGrid:
-    """A Flower Grid whose SuperNodes are this process's ClientApp functions, one Context per node.
-
-    `push_messages` answers each message at once with the real ClientApp (`client_query` /
+class LoopbackGrid(MemoryGrid):
+    """A `MemoryGrid` whose SuperNodes are this process's policy ClientApp functions (`client_query` /
     `client_train`), so `firm.train.run` with the real `FlowerEngine` runs a whole Flower run in
-    seconds; `tamper` changes replies on the way back. A message to a node id that is gone gets
-    no reply, as on a SuperLink. `restart` gives a client a new node id and a fresh Context (an
-    empty `context.state`): what a SuperNode restart does; its disk (`state-dir`) stays.
+    seconds; `tamper` changes replies on the way back. `restart` gives a client a new node id and a
+    fresh Context (an empty `context.state`): what a SuperNode restart does; its disk (`state-dir`) stays.
     """
 
     def __init__(self, config: Config, tamper: Tamper | None = None) -> None:
         self.config = config
-        self.contexts = {100 + c: self.node_context(c) for c in range(config.federation.num_clients)}  # node id -> context
+        super().__init__({100 + c: self.node_context(c) for c in range(config.federation.num_clients)})
         self.tamper = tamper
-        self.replies: dict[str, Message] = {}
-        self.sent = 0
 
     def node_context(self, client_id: int) -> Context:
         """A node's context as a SuperNode starts it: a fresh `context.state`; its disk is `output.dir/nodes/<id>`."""
@@ -99,33 +95,15 @@ class LoopbackGrid:
         del self.contexts[old]
         self.contexts[max(self.contexts, default=0) + 100] = self.node_context(client_id)
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            self.sent += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self.sent}"
-            ids.append(msg.metadata.message_id)
-            context = self.contexts.get(msg.metadata.dst_node_id)
-            reply: Message | None = None
-            if context is None:  # the node is gone: the message waits for it until it expires
-                continue
-            if msg.metadata.message_type == MessageType.QUERY:
-                reply = apps.client_query(msg, context)
-            else:
-                reply = apps.client_train(msg, context)
-                if self.tamper is not None:
-                    meta = msg.content.config_records["firm.round"]
-                    client_id, round_idx, stage = int(str(meta["client_id"])), int(str(meta["round"])), str(meta["stage"])
-                    reply = self.tamper(self, client_id, round_idx, stage, reply)
-            if reply is not None:
-                self.replies[msg.metadata.message_id] = reply
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+    def answer(self, message: Message, context: Context) -> Message | None:
+        if message.metadata.message_type == MessageType.QUERY:
+            return apps.client_query(message, context)
+        reply = apps.client_train(message, context)
+        if self.tamper is not None:
+            meta = message.content.config_records["firm.round"]
+            client_id, round_idx, stage = int(str(meta["client_id"])), int(str(meta["round"])), str(meta["stage"])
+            reply = self.tamper(self, client_id, round_idx, stage, reply)
+        return reply
 
 
 def _flower_config(tmp_path: Path, *overrides: str) -> Config:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from firm.rewards.predictor import build_predictor
 from firm.rewards.train import EPISODES, RewardData, in_process_runner, plan_of, run, spec_of
 from firm.seeding import Stream, numpy_rng
 from tests.conftest import as_flower_task, firm_cli
+from tests.memory_grid import MemoryGrid
 from tests.test_reward_training import _config, _data, _final
 
 
@@ -194,48 +195,34 @@ Tamper = Callable[[str, int, Message], Message | None]
 """(the node's group, round, reply) -> the reply the server receives, or None for none."""
 
 
-class WireGrid:
-    """A Flower Grid whose SuperNodes are this process's ClientApp handlers, one Context per node.
-
-    Every message and reply crosses `_wire` (Flower's serialisation), so what the server and the
-    nodes read is what a SuperLink would deliver; `tamper` changes replies on the way back.
+class WireGrid(MemoryGrid):
+    """A `MemoryGrid` whose SuperNodes are this process's reward ClientApp handlers. Every message and reply
+    crosses `_wire` (Flower's serialisation), so what the server and the nodes read is what a SuperLink would
+    deliver; `tamper` changes replies on the way back.
     """
 
     def __init__(self, config: RewardConfig, node_configs: list[dict[str, Any]], tamper: Tamper | None = None) -> None:
-        self.contexts = {100 + i: _context(config, **nc) for i, nc in enumerate(node_configs)}
+        super().__init__({100 + i: _context(config, **nc) for i, nc in enumerate(node_configs)})
         self.tamper = tamper
-        self.replies: dict[str, Message] = {}
-        self.sent = 0
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
 
     def restart(self, node_id: int) -> None:
         """The node's SuperNode comes back under a new node id, with the same node config."""
         self.contexts[max(self.contexts) + 1] = self.contexts.pop(node_id)
 
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            self.sent += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self.sent}"
-            ids.append(msg.metadata.message_id)
-            context = self.contexts[msg.metadata.dst_node_id]
-            delivered = Message(_wire(msg.content), dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type)
-            if msg.metadata.message_type == MessageType.QUERY:
-                reply: Message | None = flower.client_query(delivered, context)
-            else:
-                reply = flower.client_train(delivered, context)
-                if self.tamper is not None:
-                    meta = delivered.content.config_records[flower.ROUND]
-                    reply = self.tamper(str(meta["group"]), int(str(meta["round"])), reply)
-            if reply is not None:  # back to the server as a reply to what it sent
-                back = Message(reply.error, reply_to=msg) if reply.has_error() else Message(_wire(reply.content), reply_to=msg)
-                self.replies[msg.metadata.message_id] = back
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+    def answer(self, message: Message, context: Context) -> Message | None:
+        meta = message.metadata
+        delivered = Message(_wire(message.content), dst_node_id=meta.dst_node_id, message_type=meta.message_type)
+        if meta.message_type == MessageType.QUERY:
+            reply: Message | None = flower.client_query(delivered, context)
+        else:
+            reply = flower.client_train(delivered, context)
+            if self.tamper is not None:
+                record = delivered.content.config_records[flower.ROUND]
+                reply = self.tamper(str(record["group"]), int(str(record["round"])), reply)
+        if reply is None:
+            return None
+        # back to the server as a reply to what it sent
+        return Message(reply.error, reply_to=message) if reply.has_error() else Message(_wire(reply.content), reply_to=message)
 
 
 THREE = {"a": 1, "b": -1, "c": 1}

@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message, MessageType
+from flwr.app import Context, Message, MessageType
 from flwr.app.error import Error
 from flwr.common import parameters_to_ndarrays
 from flwr.common.constant import ErrorCode
@@ -109,32 +109,21 @@ class SecAggGrid(LoopbackGrid):
         super().__init__(config)
         self.fault = fault
 
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            self.sent += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self.sent}"
-            ids.append(msg.metadata.message_id)
-            context = self.contexts.get(msg.metadata.dst_node_id)
-            if context is None:
-                continue
-            delivered = over_the_wire(msg)
-            if msg.metadata.message_type == MessageType.QUERY:
-                self.replies[msg.metadata.message_id] = apps.client_query(delivered, context)
-                continue
-            configs = msg.content.config_records
-            stage = str(configs[RECORD_KEY_CONFIGS][Key.STAGE]) if RECORD_KEY_CONFIGS in configs else "train"
-            try:
-                reply: Message | None = apps.client_app(message=delivered, context=context)
-            except Exception as err:
-                reply = Message(
-                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(err).__name__}: {err}"), reply_to=delivered
-                )
-            if self.fault is not None and reply is not None:
-                reply = self.fault(int(context.node_config["client-id"]), stage, reply)
-            if reply is not None:
-                self.replies[msg.metadata.message_id] = reply
-        return ids
+    def answer(self, message: Message, context: Context) -> Message | None:
+        delivered = over_the_wire(message)
+        if message.metadata.message_type == MessageType.QUERY:
+            return apps.client_query(delivered, context)
+        configs = message.content.config_records
+        stage = str(configs[RECORD_KEY_CONFIGS][Key.STAGE]) if RECORD_KEY_CONFIGS in configs else "train"
+        try:
+            reply: Message | None = apps.client_app(message=delivered, context=context)
+        except Exception as err:
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(err).__name__}: {err}"), reply_to=delivered
+            )
+        if self.fault is not None and reply is not None:
+            reply = self.fault(int(context.node_config["client-id"]), stage, reply)
+        return reply
 
 
 def flower_config(tmp_path: Path, *overrides: str) -> Config:
