@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -326,7 +325,7 @@ def run(
         run_dir.write_jsonl("samples.jsonl", samples)
         final = next((m for m in reversed(metrics) if m["eval"] is not None), None)
         if ledger is not None:
-            summary["privacy"] = _privacy_summary(config, ledger, stopped)
+            summary["privacy"] = ledger.summary(config, stopped)
         summary.update(
             status="completed" if stopped is None else "stopped",
             rounds=completed,
@@ -359,26 +358,6 @@ def run(
             print(f"firm: could not write summary.json: {err}", file=sys.stderr)
     report = _write_report(run_dir.path) if config.output.report else None
     return RunResult(run_dir=run_dir.path, final_adapter=global_adapter, metrics=metrics, summary=summary, report=report)
-
-
-def _privacy_summary(config: Config, ledger: PrivacyLedger, stopped: str | None) -> dict[str, Any]:
-    """summary.json's `privacy`: the settings, epsilon at delta after the last round, why the run stopped early."""
-    p = config.privacy
-    out: dict[str, Any] = {
-        "mode": p.mode,
-        "clip_norm": p.clip_norm,
-        "noise_multiplier": p.noise_multiplier,
-        "delta": p.delta,
-        "max_epsilon": p.max_epsilon,
-        "releases": ledger.releases,
-        "epsilon": ledger.epsilon if math.isfinite(ledger.epsilon) else None,
-        "accounting": "RDP, sampled without replacement, replace-one adjacency (docs/privacy.md)",
-        "stopped": stopped,
-    }
-    if p.mode == "client" and not getattr(config.engine, "secure_aggregation", False):
-        per_update = ledger.per_update_epsilon()  # the server sees each noised update
-        out["per_update_epsilon"] = per_update if math.isfinite(per_update) else None
-    return out
 
 
 def _restore(live: dict[Any, Any], saved: dict[Any, Any]) -> None:

@@ -138,6 +138,25 @@ class PrivacyLedger:
         accountant.compose(dp_accounting.GaussianDpEvent(sigma), self.releases)
         return float(accountant.get_epsilon(self.delta))
 
+    def summary(self, config: Config, stopped: str | None) -> dict[str, Any]:
+        """summary.json's `privacy`: the settings, epsilon after the last round, why the run stopped early (or None);
+        in `client` mode without secure aggregation also `per_update_epsilon`, what the server sees of each update."""
+        p = config.privacy
+        out: dict[str, Any] = {
+            "mode": p.mode,
+            "clip_norm": p.clip_norm,
+            "noise_multiplier": p.noise_multiplier,
+            "delta": p.delta,
+            "max_epsilon": p.max_epsilon,
+            "releases": self.releases,
+            "epsilon": _finite_or_none(self.epsilon),
+            "accounting": "RDP, sampled without replacement, replace-one adjacency (docs/privacy.md)",
+            "stopped": stopped,
+        }
+        if p.mode == "client" and not config.engine.secure_aggregation:
+            out["per_update_epsilon"] = _finite_or_none(self.per_update_epsilon())
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state; `load_state_dict` resumes it exactly."""
         return {

@@ -154,7 +154,7 @@ def validate_config(config: Config) -> None:
         (agg.rule == "mean", f"privacy.mode: aggregation.rule = {agg.rule} needs the individual, un-noised updates; use aggregation.rule=mean"),
         (p.mode == "client" or agg.max_norm_ratio == 0, "privacy.mode=server: the norm screen (aggregation.max_norm_ratio) decides on the un-noised updates and its decision leaks; set aggregation.max_norm_ratio=0 (clipping bounds every update already)"),
         (agg.clip_norm == 0, "privacy.mode: aggregation.clip_norm is a second clip; privacy.clip_norm is the one that counts: set aggregation.clip_norm=0"),
-        (not (p.mode == "server" and getattr(config.engine, "secure_aggregation", False)),
+        (not (p.mode == "server" and config.engine.secure_aggregation),
          "privacy.mode=server: under engine.secure_aggregation the server sees only the sum and cannot clip each update; use privacy.mode=client"),
     ]  # fmt: skip
     for ok, message in checks:
