@@ -1,6 +1,9 @@
 """Issue 19's measurement: reward vs epsilon for FIRM (one upload) and FMGDA (M uploads) under client-level DP.
 
-    python benchmarks/privacy_tradeoff.py [--out runs/privacy] [--seeds 0,1,2] [--quick]
+    python benchmarks/privacy_tradeoff.py [--out runs/privacy] [--seeds 0,1,2] [--quick] [--shard I/N]
+
+`--shard I/N` runs every N-th run of the grid from the I-th (N processes share the 2 cores; each
+uses one compute thread); the call without it then skips the completed runs and writes the page.
 
 The one-upload argument: every uploaded vector is clipped and noised, and under a fixed budget the
 whole update has L2 bound C. FIRM's single delta gets all of it; FMGDA's M per-objective deltas
@@ -8,7 +11,7 @@ share it (firm.privacy.mechanism clips them together), so each of them carries l
 the same noise. Whether that costs FMGDA reward is what this measures.
 
 Setup: the evidence task (`helpful-vs-concise`, docs/tasks.md) at p = (1/2, 1/2), with
-`federation.num_clients=8`, 2 per round (q = 1/4), `server` mode. Each algorithm runs at its
+`federation.num_clients=8`, 2 per round (q = 1/4), 3 rounds, `server` mode. Each algorithm runs at its
 issue-17 learning rate (the evidence run's tuning on a validation split: firm Adam 5e-3, fmgda SGD
 25; `LEARNING_RATES`).
 
@@ -16,8 +19,8 @@ issue-17 learning rate (the evidence run's tuning on a validation split: firm Ad
    binds (C = 1e9) logs the updates' norms (`server.privacy.mean_norm`); C = their median over
    rounds, Andrew et al.'s (2021) target of clipping about half of the updates. Both algorithms are
    then clipped at their own typical norm, so neither is clipped harder than the other.
-2. **The grid**: each algorithm at every noise multiplier of `SIGMAS` (0 = clipping only, no
-   guarantee) and without privacy, every seed. The same sigma gives both algorithms the same
+2. **The grid**: each algorithm at every noise multiplier of `SIGMAS` and without privacy, every
+   seed (about 10 min per run on one core of a 2-core CPU: 20 runs). The same sigma gives both algorithms the same
    epsilon (same N, k, rounds, delta): the comparison is at equal budget by construction.
 
 Figures (`docs/privacy-results.md`, written by this script): per (algorithm, sigma), epsilon at
@@ -48,13 +51,13 @@ from firm.sweep import run_point
 from firm.validation import load_config
 
 LEARNING_RATES = {"firm": ("adam", 5e-3), "fmgda": ("sgd", 25.0)}
-SIGMAS = (0.0, 0.5, 1.0, 2.0)
+SIGMAS = (0.5, 2.0)
 DELTA = 1e-3
 TASK = ["--config", "helpful-vs-concise"]
 SETUP = [
     "federation.num_clients=8",
     "federation.clients_per_round=2",
-    "federation.rounds=5",
+    "federation.rounds=3",
     "objectives.preference=[0.5,0.5]",
     "aggregation.max_norm_ratio=0",
     "model.compute_dtype=float32",
@@ -73,7 +76,9 @@ QUICK = [  # the tiny random model: a pipeline check in a few minutes, not evide
 
 def _point(out: Path, name: str, overrides: list[str], quick: bool) -> dict[str, Any]:
     path = None if quick else "helpful-vs-concise"
-    config = load_config(path, [*SETUP, *(QUICK if quick else []), f'output.dir="{out.as_posix()}"', f"output.name={name}", *overrides])
+    config = load_config(
+        path, [*SETUP, *(QUICK if quick else []), f'output.dir="{out.as_posix()}"', f"output.name={name}", *overrides]
+    )
     began = time.perf_counter()
     summary = run_point(config)
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -86,13 +91,21 @@ def _algorithm(name: str) -> list[str]:
     return [f"algorithm.name={name}", f"algorithm.optimizer={optimizer}", f"algorithm.lr={lr}"]
 
 
-def clip_norms(out: Path, quick: bool) -> dict[str, float]:
-    """Stage 1: each algorithm's median update norm over the rounds of a never-binding, noise-free private run."""
+def clip_norms(out: Path, quick: bool, shard: int = 0, shards: int = 1) -> dict[str, float]:
+    """Stage 1: each algorithm's median update norm over the rounds of a never-binding, noise-free private run.
+
+    Sharded, shard i runs the algorithms i, i + N, ... and waits for the other shards' runs to complete."""
+    probe = ["privacy.mode=server", "privacy.noise_multiplier=0", "privacy.clip_norm=1e9", f"privacy.delta={DELTA}"]
+    for i, name in enumerate(LEARNING_RATES):
+        if i % shards == shard:
+            _point(out / "clip", name, [*_algorithm(name), *probe, "federation.seed=0"], quick)
     norms = {}
     for name in LEARNING_RATES:
-        probe = ["privacy.mode=server", "privacy.noise_multiplier=0", "privacy.clip_norm=1e9", f"privacy.delta={DELTA}"]
-        result = _point(out / "clip", name, [*_algorithm(name), *probe, "federation.seed=0"], quick)
-        per_round = [r["server"]["privacy"]["mean_norm"] for r in result["rows"] if r["server"]["privacy"]["mean_norm"]]
+        summary = out / "clip" / name / "summary.json"
+        while not (summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "completed"):
+            time.sleep(30)  # another shard's run
+        rows = [json.loads(line) for line in (out / "clip" / name / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        per_round = [r["server"]["privacy"]["mean_norm"] for r in rows if r["server"]["privacy"]["mean_norm"]]
         norms[name] = float(statistics.median(per_round))
     return norms
 
@@ -112,21 +125,32 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="the tiny model, 2 rounds, seeds 0,1; page under --out")
     parser.add_argument("--page", type=Path, default=Path("docs/privacy-results.md"))
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th grid run from the I-th; no page")
     args = parser.parse_args()
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    if shards > 1:
+        import torch
+
+        torch.set_num_threads(1)
     seeds = [0, 1] if args.quick else [int(s) for s in args.seeds.split(",")]
     page = args.out / "privacy-results.md" if args.quick else args.page
     started = time.time()
-    norms = clip_norms(args.out, args.quick)
-    grid: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+    norms = clip_norms(args.out, args.quick, shard, shards)
+    plan = []
     for sigma in (None, *SIGMAS):  # None: no privacy at all
         for name in LEARNING_RATES:
             dp = [] if sigma is None else ["privacy.mode=server", f"privacy.noise_multiplier={sigma}",
                                            f"privacy.clip_norm={norms[name]:.6g}", f"privacy.delta={DELTA}"]  # fmt: skip
             label = f"{name}-{'nodp' if sigma is None else f'sigma{sigma:g}'}"
-            grid[name, sigma] = [
-                _point(args.out / "grid", f"{label}-s{seed}", [*_algorithm(name), *dp, f"federation.seed={seed}"], args.quick)
-                for seed in seeds
-            ]
+            for seed in seeds:
+                plan.append(((name, sigma), f"{label}-s{seed}", [*_algorithm(name), *dp, f"federation.seed={seed}"]))
+    if shards > 1:
+        for _, run_name, overrides in plan[shard::shards]:
+            _point(args.out / "grid", run_name, overrides, args.quick)
+        return 0
+    grid: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+    for key, run_name, overrides in plan:
+        grid.setdefault(key, []).append(_point(args.out / "grid", run_name, overrides, args.quick))
     write_page(page, grid, norms, seeds, started, " ".join(["python benchmarks/privacy_tradeoff.py", *sys.argv[1:]]))
     return 0
 
@@ -157,7 +181,13 @@ def write_page(page: Path, grid: dict[tuple[str, float | None], list[dict[str, A
         gains = [_gains(r["summary"]) for r in runs]
         cells = [_ci([g[n] for g in gains]) for n in names] + [_ci([sum(g.values()) / len(g) for g in gains])]
         lines.append(f"| {name} | {'-' if sigma is None else f'{sigma:g}'} | {eps_cell} | " + " | ".join(cells) + " |")
-    lines += ["", "FIRM minus FMGDA, mean gain over the objectives, paired by seed:", "", "| sigma | difference | verdict |", "|---|---|---|"]
+    lines += [
+        "",
+        "FIRM minus FMGDA, mean gain over the objectives, paired by seed:",
+        "",
+        "| sigma | difference | verdict |",
+        "|---|---|---|",
+    ]
     for sigma in (None, *SIGMAS):
         firm, fmgda = grid["firm", sigma], grid["fmgda", sigma]
         diffs = [
@@ -165,7 +195,9 @@ def write_page(page: Path, grid: dict[tuple[str, float | None], list[dict[str, A
             for a, b in zip(firm, fmgda, strict=True)
         ]
         _, low, high, n = mean_interval(diffs)
-        verdict = "inconclusive" if n < 2 or math.isnan(low) or low <= 0 <= high else ("FIRM higher" if low > 0 else "FMGDA higher")
+        verdict = (
+            "inconclusive" if n < 2 or math.isnan(low) or low <= 0 <= high else ("FIRM higher" if low > 0 else "FMGDA higher")
+        )
         lines.append(f"| {'no DP' if sigma is None else f'{sigma:g}'} | {_ci(diffs)} | {verdict} |")
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(lines) + "\n", encoding="utf-8")
