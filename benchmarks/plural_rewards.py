@@ -53,6 +53,7 @@ from firm.pareto import mean_interval
 from firm.provenance import machine
 from firm.rewards.config import RewardConfig, load_reward_config
 from firm.rewards.metrics import fairness, group_alignment
+from firm.rewards.ratings import LEVELS
 from firm.rewards.train import RewardData, contexts_for, load_data, resume_run, run
 
 LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
@@ -134,7 +135,7 @@ def tune(out: Path, data: RewardData, base: Sequence[str]) -> dict[str, Any]:
 def histogram_reference(data: RewardData, context: int, seed: int) -> dict[str, dict[str, float]]:
     """The no-learning prediction: each group's context-rating histogram for every one of its queries."""
     contexts, queries = contexts_for(data, context, seed)
-    levels = 10
+    levels = LEVELS
     out: dict[str, dict[str, float]] = {}
     for part, names in (("seen", sorted(data.train)), ("unseen", sorted(data.unseen))):
         scores = {}

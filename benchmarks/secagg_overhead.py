@@ -26,23 +26,16 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import flower_overhead
+
 from firm.engines.flower import local
 from firm.engines.flower.submit import submit
 from firm.validation import load_config
 
 TINY = [
-    "model.name=tiny",
+    *flower_overhead.TINY,
     "model.compute_dtype=float32",
-    'objectives.names=["positiveness", "conciseness"]',
-    'data.sources=["builtin"]',
-    "data.partition=iid",
-    "data.provocative_ratios=[]",
-    "rollout.prompts_per_step=4",
-    "rollout.samples_per_prompt=4",
-    "rollout.max_new_tokens=16",
-    "eval.num_prompts=4",
     "aggregation.max_norm_ratio=0",  # refused under secure aggregation; off in both runs so they differ in one setting
-    "output.progress=false",
     "output.report=false",
 ]
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
