@@ -33,8 +33,9 @@ whole pipeline in about 30 minutes on a 2-core CPU with fewer seeds, preferences
 `<out>/evidence.json`, with every invocation's machine, start, end and wall time.
 
 Across checkouts (`--records`, default `docs/results/runs.json.gz` for the full profile): every two
-minutes, and at the end, the completed runs' small files (`RECORD_FILES`: summary, metrics,
-config; no adapters or checkpoints) and the stages' plans are saved to a gzip JSON archive, and
+minutes, and at the end, the completed runs' small files (firm.records.RUN_FILES: summary,
+metrics, config; no adapters or checkpoints) and the stages' plans are saved to a gzip JSON archive
+(firm.records), and
 the next invocation first writes back whatever is missing, so a run of several hours continues in
 a fresh clone where the last one stopped. `--jobs 2` runs each stage in two worker processes of one
 compute thread each (`firm.sweep.sweep(..., shard=(i, n))`), then assembles it in the parent.
@@ -44,12 +45,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 from firm.config import Config, ConfigError
 from firm.data import split_prompts
 from firm.provenance import machine
+from firm.records import RecordSaver, RecordsError, restore_records
 from firm.sweep import Arm, arm_config, config_delta, run_point, sweep
 from firm.validation import load_config
 
@@ -148,11 +148,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _completed(run_dir: Path) -> dict[str, Any] | None:
-    summary = _read_json(run_dir / "summary.json")
-    return summary if summary.get("status") == "completed" else None
 
 
 def _run_point(config: Config, root: Path, name: str) -> dict[str, Any]:
@@ -261,88 +256,8 @@ def _workers(stage: str, jobs: int, argv: list[str]) -> None:
         raise SystemExit(f"evidence: a {stage} worker failed (exit codes {codes}); run the command again to resume")
 
 
-RECORD_FILES = ("summary.json", "metrics.jsonl", "config.toml")
-"""What a run directory keeps in the records archive: enough for the sweep to skip the run and for
-benchmarks/results.py to compute every figure (no adapters, checkpoints, plots or reports)."""
 STAGE_FILES = ("evidence.json", "tuning.json", "tuning/stage.json", "references/stage.json", "sweep/sweep.json")
-
-
-def save_records(out: Path, archive: Path, key: dict[str, Any]) -> int:
-    """Write the completed runs' small files (RECORD_FILES) and the stages' plans under `out` into the gzip JSON
-    `archive` (merged with what it holds), atomically; returns the number of run directories recorded."""
-    files: dict[str, str] = {}
-    old = _read_records(archive)
-    if old is not None and old["key"] == key:
-        files.update(old["files"])
-    for rel in STAGE_FILES:
-        if (out / rel).is_file():
-            files[rel] = (out / rel).read_text(encoding="utf-8")
-    for summary in sorted(out.glob("*/*/summary.json")):
-        run_dir = summary.parent
-        if _completed(run_dir) is None:
-            continue
-        for name in RECORD_FILES:
-            if (run_dir / name).is_file():
-                files[(run_dir / name).relative_to(out).as_posix()] = (run_dir / name).read_text(encoding="utf-8")
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_suffix(".tmp")
-    tmp.write_bytes(gzip.compress(json.dumps({"key": key, "files": files}, sort_keys=True).encode("utf-8"), mtime=0))
-    tmp.replace(archive)
-    return sum(rel.endswith("/summary.json") for rel in files)
-
-
-def _read_records(archive: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(gzip.decompress(archive.read_bytes()).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "files" in data else None
-
-
-def restore_records(out: Path, archive: Path, key: dict[str, Any]) -> int:
-    """Write back every archived file missing under `out` (a new checkout resumes where the archive ends);
-    refuses an archive made for another task or profile. Returns the number of run directories restored."""
-    data = _read_records(archive)
-    if data is None:
-        return 0
-    if data["key"] != key:
-        raise SystemExit(f"evidence: {archive} holds the runs of another task or profile; give --records elsewhere")
-    restored = 0
-    for rel, text in data["files"].items():
-        path = out / rel
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            restored += rel.endswith("/summary.json")
-    return restored
-
-
-class _Saver:
-    """Saves the records every `every` seconds in a background thread, and once more when stopped."""
-
-    def __init__(self, out: Path, archive: Path | None, key: dict[str, Any], every: float = 120.0) -> None:
-        self.args = (out, archive, key)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, args=(every,), daemon=True)
-
-    def _loop(self, every: float) -> None:
-        while not self.stop_event.wait(every):
-            self.save()
-
-    def save(self) -> None:
-        out, archive, key = self.args
-        if archive is not None:
-            count = save_records(out, archive, key)
-            print(f"evidence: {count} completed runs recorded in {archive}", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> _Saver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join()
-        self.save()
+"""The stages' plans, kept in the records archive beside the completed runs' files (firm.records.RUN_FILES)."""
 
 
 def main() -> int:
@@ -387,10 +302,13 @@ def main() -> int:
     records = default if args.records is None else (Path(args.records) if args.records else None)  # "" = no archive
     records_key = {"profile": profile_name, "task": json.loads(json.dumps(config_delta(task)))}
     if records is not None:
-        print(f"evidence: {restore_records(out, records, records_key)} completed runs restored from {records}", file=sys.stderr)
-        with _Saver(out, records, records_key):
-            return _stages(args, profile_name, profile, task, swept, out, stages)
-    return _stages(args, profile_name, profile, task, swept, out, stages)
+        try:
+            restored = restore_records(out, records, records_key)
+        except RecordsError as err:
+            raise SystemExit(f"evidence: {err}") from err
+        print(f"evidence: {restored} completed runs restored from {records}", file=sys.stderr)
+    with RecordSaver(out, records, records_key, STAGE_FILES, label="evidence"):
+        return _stages(args, profile_name, profile, task, swept, out, stages)
 
 
 def _stages(

@@ -1,9 +1,11 @@
 """Issue 19's measurement: reward vs epsilon for FIRM (one upload) and FMGDA (M uploads) under client-level DP.
 
-    python benchmarks/privacy_tradeoff.py [--out runs/privacy] [--seeds 0,1,2] [--quick] [--shard I/N]
+    python benchmarks/privacy_tradeoff.py [--out runs/privacy] [--seeds 0,1,2] [--quick] [--jobs 2]
 
-`--shard I/N` runs every N-th run of the grid from the I-th (N processes share the 2 cores; each
-uses one compute thread); the call without it then skips the completed runs and writes the page.
+`--jobs N` runs the grid in N worker processes of one compute thread each (`--shard I/N`: every N-th
+run from the I-th), then skips the completed runs and writes the page. Across checkouts
+(`--records`, default `docs/results/privacy-runs.json.gz`; firm.records): the completed runs' small
+files are saved every two minutes and restored first, so the run continues in a fresh clone.
 
 The one-upload argument: every uploaded vector is clipped and noised, and under a fixed budget the
 whole update has L2 bound C. FIRM's single delta gets all of it; FMGDA's M per-objective deltas
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +50,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from firm.pareto import mean_interval
 from firm.provenance import machine
+from firm.records import RecordSaver, RecordsError, restore_records
 from firm.sweep import run_point
 from firm.validation import load_config
 
@@ -119,23 +123,8 @@ def _ci(values: list[float], fmt: str = "{:+.4f}") -> str:
     return fmt.format(mean) if n < 2 else f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/privacy"))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--quick", action="store_true", help="the tiny model, 2 rounds, seeds 0,1; page under --out")
-    parser.add_argument("--page", type=Path, default=Path("docs/privacy-results.md"))
-    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th grid run from the I-th; no page")
-    args = parser.parse_args()
-    shard, shards = (int(x) for x in args.shard.split("/"))
-    if shards > 1:
-        import torch
-
-        torch.set_num_threads(1)
-    seeds = [0, 1] if args.quick else [int(s) for s in args.seeds.split(",")]
-    page = args.out / "privacy-results.md" if args.quick else args.page
-    started = time.time()
-    norms = clip_norms(args.out, args.quick, shard, shards)
+def _plan(norms: dict[str, float], seeds: list[int]) -> list[tuple[tuple[str, float | None], str, list[str]]]:
+    """Stage 2's runs: ((algorithm, sigma or None for no privacy), run name, overrides), in page order."""
     plan = []
     for sigma in (None, *SIGMAS):  # None: no privacy at all
         for name in LEARNING_RATES:
@@ -144,13 +133,68 @@ def main() -> int:
             label = f"{name}-{'nodp' if sigma is None else f'sigma{sigma:g}'}"
             for seed in seeds:
                 plan.append(((name, sigma), f"{label}-s{seed}", [*_algorithm(name), *dp, f"federation.seed={seed}"]))
+    return plan
+
+
+def _records_key(quick: bool) -> dict[str, Any]:
+    """What the archived runs were made for: a change to the setup, rates or sigmas starts a new archive."""
+    return {"benchmark": "privacy_tradeoff", "quick": quick, "setup": SETUP, "learning_rates": LEARNING_RATES,
+            "sigmas": list(SIGMAS), "delta": DELTA}  # fmt: skip
+
+
+def _shards(args: argparse.Namespace) -> None:
+    """Run the grid in `args.jobs` worker processes (`--shard i/jobs`, one compute thread each) and wait for all;
+    the parent keeps the records (the workers save none)."""
+    argv = ["--out", str(args.out), "--seeds", args.seeds, "--records", "", *(["--quick"] if args.quick else [])]
+    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{args.jobs}"]) for i in range(args.jobs)]
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise SystemExit(f"privacy: a shard failed (exit codes {codes}); run the command again to resume")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/privacy"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--quick", action="store_true", help="the tiny model, 2 rounds, seeds 0,1; page under --out")
+    parser.add_argument("--page", type=Path, default=Path("docs/privacy-results.md"))
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one compute thread each (2 on a 2-core CPU)")
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th grid run from the I-th; no page")
+    parser.add_argument(
+        "--records",
+        help="gzip JSON archive of the completed runs' small files (firm.records), restored first and saved every "
+        'two minutes (default docs/results/privacy-runs.json.gz, none for --quick; "" for none)',
+    )
+    args = parser.parse_args()
+    shard, shards = (int(x) for x in args.shard.split("/"))
     if shards > 1:
-        for _, run_name, overrides in plan[shard::shards]:
-            _point(args.out / "grid", run_name, overrides, args.quick)
-        return 0
-    grid: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
-    for key, run_name, overrides in plan:
-        grid.setdefault(key, []).append(_point(args.out / "grid", run_name, overrides, args.quick))
+        import torch
+
+        torch.set_num_threads(1)
+    seeds = [0, 1] if args.quick else [int(s) for s in args.seeds.split(",")]
+    page = args.out / "privacy-results.md" if args.quick else args.page
+    default = None if args.quick else Path("docs/results/privacy-runs.json.gz")
+    records = default if args.records is None else (Path(args.records) if args.records else None)
+    key = _records_key(args.quick)
+    if records is not None:
+        try:
+            restored = restore_records(args.out, records, key)
+        except RecordsError as err:
+            raise SystemExit(f"privacy: {err}") from err
+        print(f"privacy: {restored} completed runs restored from {records}", file=sys.stderr)
+    started = time.time()
+    with RecordSaver(args.out, records, key, label="privacy"):
+        if args.jobs > 1 and shards == 1:
+            _shards(args)
+        norms = clip_norms(args.out, args.quick, shard, shards)
+        plan = _plan(norms, seeds)
+        if shards > 1:
+            for _, run_name, overrides in plan[shard::shards]:
+                _point(args.out / "grid", run_name, overrides, args.quick)
+            return 0
+        grid: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+        for group, run_name, overrides in plan:
+            grid.setdefault(group, []).append(_point(args.out / "grid", run_name, overrides, args.quick))
     write_page(page, grid, norms, seeds, started, " ".join(["python benchmarks/privacy_tradeoff.py", *sys.argv[1:]]))
     return 0
 
