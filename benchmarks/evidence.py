@@ -27,7 +27,9 @@ short is redone from its start; a stage's directory made with other settings is 
    p = (1/M, ...), once per seed.
 
 Profiles (`PROFILES`): `full` is the acceptance run (90 runs: 15 tuning, 69 in the sweep, 6
-references; float32, so every machine it resumes on computes the same thing); `quick` checks the
+references; float32, so every machine it resumes on computes the same thing up to float rounding:
+the base model's held-out rewards differed in the 8th digit between two CPUs, which
+firm.pareto.BASE_TOLERANCE absorbs); `quick` checks the
 whole pipeline in about 30 minutes on a 2-core CPU with fewer seeds, preferences, arms and rounds
 (its figures are not evidence). The settings are printed at the start and written to
 `<out>/evidence.json`, with every invocation's machine, start, end and wall time.

@@ -24,23 +24,27 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from firm.pareto import improvement_hypervolume
 from firm.report import COMPARISON_PLOTS
 from firm.report.claims import (
     eval_curve,
     gain_per_mb,
     mean_drift,
+    mean_gain,
     over,
     paired,
     paired_separation,
     per_seed,
     tradeoff_by_seed,
+    tradeoff_verdict,
+    upload_mb,
     upload_per_client_round,
     verdict,
     worst_early_change,
 )
 from firm.report.claims import oscillation as oscillation_of
 from firm.report.load import ReportError, Run, Sweep, load_run, load_sweep
-from firm.report.seeds import Estimate, front_points, hypervolume_estimate
+from firm.report.seeds import Estimate, front_points, hypervolume_estimate, runs_pareto
 
 FIRM = "firm"
 EARLY_ROUNDS = 2
@@ -73,9 +77,13 @@ def _pref(p: tuple[float, ...]) -> str:
 def budget_section(sweep: Sweep, names: list[str]) -> list[str]:
     """Do FedAvg's two extreme preferences separate by more than 3 paired standard errors on every objective?"""
     lines = ["## Is the budget large enough?", ""]
+    if len(names) != 2:
+        return [*lines, f"(the check is defined for two objectives; this task has {len(names)})"]
     lines.append(
         "FedAvg's runs at the two extreme preferences are evaluated on the same prompts with the same sampling "
-        "seeds; the separation is their final reward difference over its paired standard error (prompts as the unit)."
+        "seeds; the separation is their final reward difference (the run favouring the first objective minus the "
+        "one favouring the second) over its paired standard error (prompts as the unit). Adequate: each extreme "
+        "wins on its own objective by more than 3 SE."
     )
     lines += [
         "",
@@ -93,7 +101,8 @@ def budget_section(sweep: Sweep, names: list[str]) -> list[str]:
         sep = paired_separation(m0.run, m1.run, names)
         if not sep:
             continue
-        ok = all(abs(d) > 3 * se for d, se in sep.values())
+        # each extreme must win on its own objective: d = r(p favouring the first) - r(p favouring the second)
+        ok = sep[names[0]][0] > 3 * sep[names[0]][1] and all(-d > 3 * se for n, (d, se) in sep.items() if n != names[0])
         adequate.append(ok)
         cells = [f"{d:+.4f} / {se:.4f} = {d / se if se else math.inf:+.1f}" for d, se in (sep[n] for n in names)]
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
@@ -104,7 +113,7 @@ def budget_section(sweep: Sweep, names: list[str]) -> list[str]:
     else:
         lines.append(
             f"\n**The budget is too small:** FedAvg's extreme preferences separate by > 3 SE on every objective at "
-            f"{sum(adequate)} of {len(adequate)} seeds; differences between algorithms below are at most as large."
+            f"{sum(adequate)} of {len(adequate)} seeds: differences between algorithms smaller than that cannot be resolved either."
         )
     return lines
 
@@ -131,9 +140,12 @@ def arm_statistics(sweep: Sweep, names: list[str]) -> dict[str, dict[str, dict[i
         "oscillation": lambda r: oscillation_of(eval_curve(r, names)),
         "early": lambda r: worst_early_change(eval_curve(r, names), EARLY_ROUNDS),
         "upload": upload_per_client_round,
-        "gain": lambda r: gain_per_mb(r, names),
+        "mean_gain": lambda r: mean_gain(r, names),
+        "mb": upload_mb,
     }
-    return {key: {a: per_seed(sweep, a, f) for a in sweep.arms} for key, f in statistics.items()}
+    out = {key: {a: per_seed(sweep, a, f) for a in sweep.arms} for key, f in statistics.items()}
+    out["gain"] = {a: gain_per_mb(out["mean_gain"][a], out["mb"][a]) for a in sweep.arms}
+    return out
 
 
 def claims_section(
@@ -149,9 +161,10 @@ def claims_section(
         if not sweep.uses_preference(label):
             continue
         for m, name in enumerate(names):
-            e = over(tradeoff_by_seed(sweep, label, m))
-            e = Estimate(e.mean, max(e.low, -1.0), min(e.high, 1.0), e.n)  # a rank correlation's interval, within [-1, 1]
-            rows.append((f"ordered trade-off, {label}: Spearman(p_{name}, final {name}) > 0", _t(e, "{:+.3f}"), verdict(e, ">")))
+            rhos = tradeoff_by_seed(sweep, label, m)
+            counts = {len(sweep.usable(label, seed)) for seed in rhos}
+            e, v = tradeoff_verdict(rhos, counts.pop() if len(counts) == 1 else 0)
+            rows.append((f"ordered trade-off, {label}: Spearman(p_{name}, final {name}) > 0", _t(e, "{:+.3f}"), v))
     # hypervolume
     by_seed = hv.get("by_seed") or {}
 
@@ -163,6 +176,11 @@ def claims_section(
     for b in baselines:
         e = paired(hv_of(FIRM), hv_of(b))
         rows.append((f"hypervolume: FIRM - {b} > 0", _t(e, "{:+.5f}"), verdict(e, ">")))
+    for b in (a for a in baselines if not sweep.uses_preference(a)):  # like with like: one point each
+        e = paired(one_point_hypervolume(sweep, hv, FIRM), one_point_hypervolume(sweep, hv, b))
+        rows.append(
+            (f"hypervolume, one point each (FIRM at p nearest uniform): FIRM - {b} > 0", _t(e, "{:+.5f}"), verdict(e, ">"))
+        )
     # drift, smoothness, common descent, communication
     drift, osc, early, gain = stats["drift"], stats["oscillation"], stats["early"], stats["gain"]
     for b in (a for a in ("mgda", "fedavg") if a in sweep.arms):
@@ -184,6 +202,18 @@ def claims_section(
     return lines
 
 
+def one_point_hypervolume(sweep: Sweep, hv: dict[str, Any], label: str) -> dict[int, float]:
+    """seed -> the improvement hypervolume of the arm's one point nearest uniform p (a p-agnostic arm's only
+    point), against that seed's reference: a front of D + 1 noisy points covers more volume than one point
+    by their number alone, so a one-point arm is compared with FIRM's one point too."""
+    out: dict[int, float] = {}
+    for s, summary in (hv.get("by_seed") or {}).items():
+        point = sweep.central(label, int(s))
+        if point is not None and "scales" in summary:
+            out[int(s)] = improvement_hypervolume([list(point.final)], summary["reference"], summary["scales"])
+    return out
+
+
 def stats_table(sweep: Sweep, hv: dict[str, Any], stats: dict[str, dict[str, dict[int, float]]]) -> list[str]:
     """Per arm: hypervolume, drift, oscillation, early worst change, upload per client per round, gain per MB."""
     lines = ["## Per-arm statistics (means over the arm's preferences, then over seeds)", ""]
@@ -193,10 +223,16 @@ def stats_table(sweep: Sweep, hv: dict[str, Any], stats: dict[str, dict[str, dic
         formats = {"drift": "{:.4f}", "oscillation": "{:.4f}", "early": "{:+.4f}", "upload": "{:,.0f}", "gain": "{:+.5f}"}
         cells = [_t(hypervolume_estimate(hv, a), "{:.5f}"), *(_t(over(stats[k][a]), f) for k, f in formats.items())]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    if hv.get("unreferenced_seeds"):
+        lines.append(
+            f"\nSeeds {', '.join(hv['unreferenced_seeds'])}: the runs' base-model rewards differ by more than "
+            "firm.pareto.BASE_TOLERANCE, so they have no fixed reference and are left out of the hypervolumes."
+        )
     ref = hv.get("reference")
     if ref is not None:
         lines.append(
-            f"\nHypervolume reference: the base model's held-out rewards {ref}, scales {hv.get('scales')} (fixed by the task, the same for every arm)."
+            f"\nHypervolume reference: the base model's held-out rewards {ref}, scales {hv.get('scales')} (reward units, "
+            "the same for every arm and seed). Upload in bytes; MB = 10^6 bytes."
         )
     return lines
 
@@ -287,7 +323,7 @@ def main() -> int:
         return 2
     sweep = load_sweep(args.out / "sweep")
     names = sweep.objectives
-    hv = sweep.data.get("pareto") or {}
+    hv = runs_pareto(sweep) or {}  # from the runs, by this firm: not sweep.json's, which an older firm may have written
     stats = arm_statistics(sweep, names)
     quick = evidence.get("profile") == "quick"
     missing = sweep.missing
@@ -319,7 +355,9 @@ def main() -> int:
         f"- **Learning rates:** {json.dumps(evidence.get('learning_rates'))}",
         "",
         "Verdicts: **holds** when the 95 % interval over seeds lies on the claimed side of 0, **does not hold** when it "
-        "lies on the other side, **inconclusive** otherwise (firm/report/claims.py).",
+        "lies on the other side or touches 0 from it, **inconclusive** otherwise, and when every seed gave the same value "
+        "(no spread; the ordered trade-off then uses Spearman's exact null distribution) (firm/report/claims.py). "
+        "Reward per MB is defined at the seeds where the arm's mean gain is positive.",
         "",
     ]
     body = [

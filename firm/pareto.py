@@ -294,15 +294,24 @@ def pareto_summary(
     }
 
 
+BASE_TOLERANCE = 1e-6
+"""How far (reward units, per objective) two runs' evaluations of the same base model on the same prompts
+and sampling seeds may differ and still be one reference: float32 on different CPUs (a sweep resumed on
+another machine) differs in the 8th digit, held-out standard errors are about 1e-2."""
+
+
 def common_base(initial_evals: Sequence[Mapping[str, float] | None], names: Sequence[str]) -> list[float] | None:
     """The base model's held-out rewards [M] shared by a sweep's points at one seed (one held-out set:
-    every run evaluates the same base model on the same prompts and seeds), or None if some point has
-    none or they differ (then the hypervolume falls back to one normalisation of all points)."""
+    every run evaluates the same base model on the same prompts and seeds): their mean when they agree
+    within `BASE_TOLERANCE`, or None if some point has none or they differ by more."""
     vectors = [[float(e[n]) for n in names] for e in initial_evals if e]
     if not vectors or len(vectors) != len(initial_evals):
         return None
-    first = vectors[0]
-    return first if all(max(abs(a - b) for a, b in zip(v, first, strict=True)) <= 1e-9 for v in vectors) else None
+    arr = np.asarray(vectors, dtype=np.float64)
+    spread = arr.max(axis=0) - arr.min(axis=0)
+    if float(spread.max()) > BASE_TOLERANCE:
+        return None
+    return [float(v) for v in np.where(spread == 0, arr[0], arr.mean(axis=0))]  # exact where they agree exactly
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
@@ -350,8 +359,10 @@ def seeded_pareto(
 
     finals[arm][seed]  # [N, M]: the arm's final eval vectors at that seed (one per preference; a
     single one for an arm that ignores the preference); bases[seed]  # [M]: that seed's base model
-    rewards, the hypervolume reference (None: that seed falls back to one normalisation of its
-    points). Seeds are kept in the order first given. Returns None when no seed has a vector, else
+    rewards, the hypervolume reference. A seed whose base is None is left out of the hypervolumes when
+    another seed has one (its seed is listed in "unreferenced_seeds": the two units never mix); when no
+    seed has a base (an older sweep), each seed falls back to one normalisation of its points. Seeds are
+    kept in the order first given. Returns None when no seed has a vector, else
 
         {"hypervolume": {arm: mean over seeds}, "interval": {arm: interval_record},
          "by_seed": {"<seed>": pareto_summary of that seed's points},
@@ -362,6 +373,11 @@ def seeded_pareto(
     "hypervolume" keeps the shape of a one-seed sweep's (one float per arm), so a reader of those still works.
     """
     seeds = list(dict.fromkeys(s for per_seed in finals.values() for s, vectors in per_seed.items() if len(vectors)))
+    unreferenced = [s for s in seeds if bases.get(s) is None]
+    if len(unreferenced) < len(seeds):  # never mix units: a seed without a base is left out, and said so
+        seeds = [s for s in seeds if s not in unreferenced]
+    else:
+        unreferenced = []
     by_seed: dict[str, dict[str, Any]] = {}
     for s in seeds:
         summary = pareto_summary({a: per_seed.get(s, []) for a, per_seed in finals.items()}, bases.get(s), scales)
@@ -382,4 +398,6 @@ def seeded_pareto(
         out.update({k: summaries[0][k] for k in keys})
     if len(summaries) == 1:
         out["front"] = summaries[0]["front"]
+    if unreferenced:
+        out["unreferenced_seeds"] = [str(s) for s in unreferenced]
     return out

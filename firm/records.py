@@ -37,6 +37,11 @@ class RecordsError(ValueError):
     """An archive that cannot be restored here: made for another key."""
 
 
+def _normal(key: dict[str, Any]) -> Any:
+    """The key as the archive stores it (JSON: tuples become lists), so a key compares equal to its saved self."""
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
 def _completed(run_dir: Path) -> bool:
     try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -58,6 +63,7 @@ def save_records(out: Path, archive: Path, key: dict[str, Any], plans: Iterable[
     """Write the completed runs' `RUN_FILES` under `out/*/*/` and the `plans` files into `archive`, merged
     with what it holds for the same key, atomically. Returns the number of run directories recorded."""
     files: dict[str, str] = {}
+    key = _normal(key)
     old = read_records(archive)
     if old is not None and old.get("key") == key:
         files.update(old["files"])
@@ -84,7 +90,7 @@ def restore_records(out: Path, archive: Path, key: dict[str, Any]) -> int:
     data = read_records(archive)
     if data is None:
         return 0
-    if data.get("key") != key:
+    if data.get("key") != _normal(key):
         raise RecordsError(f"{archive} holds the runs of another task or profile; give another records archive")
     restored = 0
     for rel, text in data["files"].items():

@@ -372,8 +372,8 @@ def _pareto(points: list[dict[str, Any]], names: list[str], labels: list[str]) -
     finals: dict[str, dict[int, list[list[float]]]] = {label: {} for label in labels}
     initials: dict[int, list[Any]] = {}
     for p in points:
-        initials.setdefault(p["seed"], []).append(p.get("initial_eval"))
         if p["status"] == "completed" and p["final_eval"] and all(n in p["final_eval"] for n in names):
+            initials.setdefault(p["seed"], []).append(p.get("initial_eval"))  # a failed point's has no say
             finals[p["label"]].setdefault(p["seed"], []).append([float(p["final_eval"][n]) for n in names])
     return seeded_pareto(finals, {s: common_base(v, names) for s, v in initials.items()})
 

@@ -18,13 +18,17 @@ from firm.report.claims import (
     eval_curve,
     gain_per_mb,
     mean_drift,
+    mean_gain,
     oscillation,
     over,
     paired,
     paired_separation,
     per_seed,
+    spearman_null_tail,
     spearman_tradeoff,
     tradeoff_by_seed,
+    tradeoff_verdict,
+    upload_mb,
     upload_per_client_round,
     verdict,
     worst_early_change,
@@ -54,6 +58,7 @@ NAN = math.nan
         (Estimate(5.0, NAN, NAN, 1), "inconclusive", "inconclusive"),  # one seed: no interval
         (Estimate(NAN, NAN, NAN, 0), "inconclusive", "inconclusive"),  # no seed
         (Estimate(0.5, NAN, NAN, 2), "inconclusive", "inconclusive"),  # no finite interval
+        (Estimate(0.5, 0.5, 0.5, 2), "inconclusive", "inconclusive"),  # every seed the same: no spread, no evidence
     ],
 )
 def test_verdict_reads_the_interval(estimate: Estimate, greater: str, less: str) -> None:
@@ -178,9 +183,9 @@ def test_gain_per_mb_by_hand() -> None:
         "total_download_bytes": 4_000_000,
     }
     run = Run(Path("r"), metrics=[_eval_row(1, {"a": 0.0, "b": 0.0}, upload=5)], summary=summary)
-    # mean gain (0.2 + 0.1) / 2 = 0.15 over 2 MB uploaded (summary's totals, not the rows') = 0.075 per MB
-    assert gain_per_mb(run, NAMES) == pytest.approx(0.075)
-    assert gain_per_mb(run, ["a"]) == pytest.approx(0.1)  # 0.2 / 2
+    # mean gain (0.2 + 0.1) / 2 = 0.15 over 2 MB uploaded (summary's totals, not the rows')
+    assert mean_gain(run, NAMES) == pytest.approx(0.15) and upload_mb(run) == pytest.approx(2.0)
+    assert mean_gain(run, ["a"]) == pytest.approx(0.2)
     # a run in progress: no totals or final_eval in summary.json -> the rows' uploads and last evaluated round
     rows = [
         _eval_row(1, {"a": 0.6, "b": 0.5}, upload=250_000),
@@ -188,9 +193,12 @@ def test_gain_per_mb_by_hand() -> None:
         _eval_row(3, None, upload=500_000),
     ]
     running = Run(Path("r"), metrics=rows, summary={"initial_eval": {"a": 0.5, "b": 0.5}})
-    assert gain_per_mb(running, NAMES) == pytest.approx(0.05 / 1.0)  # ((-0.1) + 0.2) / 2 over 1 MB
+    assert mean_gain(running, NAMES) == pytest.approx(0.05) and upload_mb(running) == pytest.approx(1.0)
     silent = Run(Path("r"), metrics=[], summary={**summary, "total_upload_bytes": 0})
-    assert math.isnan(gain_per_mb(silent, NAMES))  # nothing uploaded (a reference run): no ratio
+    assert math.isnan(upload_mb(silent))  # nothing uploaded (a reference run): no ratio
+    # per seed: 0.15 / 2 MB = 0.075; seed 1 lost reward (-0.002 over 8 MB would read -0.00025, "better" than
+    # -0.002 over 2 MB): no ratio; seed 2 has no upload figure
+    assert gain_per_mb({0: 0.15, 1: -0.002, 2: 0.1}, {0: 2.0, 1: 8.0}) == pytest.approx({0: 0.075})
 
 
 def test_upload_per_client_round_by_hand() -> None:
@@ -271,7 +279,35 @@ def test_tradeoff_by_seed_ranks_each_seeds_preference_points() -> None:
     # over seeds: rho = 1 at both seeds is a zero-width interval at 1
     both = over(tradeoff_by_seed(sweep, "firm", 1))
     assert (both.mean, both.low, both.high, both.n) == pytest.approx((1.0, 1.0, 1.0, 2))
-    assert verdict(both, ">") == "holds"
+    assert verdict(both, ">") == "inconclusive"  # no spread: the t interval says nothing
+    # the exact rule: two seeds at rho = 1 over 3 points happen by chance with (1/6)^2 = 0.028 > 0.025
+    assert tradeoff_verdict(tradeoff_by_seed(sweep, "firm", 1), 3)[1] == "inconclusive"
+
+
+def test_spearman_null_tail_by_hand() -> None:
+    # the 6 rankings of 3 points give rho 1, 0.5, 0.5, -0.5, -0.5, -1
+    assert spearman_null_tail(1.0, 3) == pytest.approx(1 / 6)
+    assert spearman_null_tail(0.5, 3) == pytest.approx(3 / 6)
+    assert spearman_null_tail(-1.0, 3) == 1.0
+    assert spearman_null_tail(1.0, 5) == pytest.approx(1 / 120)
+    assert spearman_null_tail(0.9, 5) == pytest.approx(5 / 120)  # rho = 1 and the 4 adjacent swaps (rho = 0.9)
+    with pytest.raises(ValueError, match="3 to 8"):
+        spearman_null_tail(1.0, 2)
+
+
+@pytest.mark.parametrize(
+    ("rhos", "points", "expected"),
+    [
+        ({0: 1.0, 1: 1.0, 2: 1.0}, 3, "holds"),  # (1/6)^3 = 0.0046
+        ({0: 0.5, 1: 0.5}, 3, "inconclusive"),  # (1/2)^2 = 0.25: the reviewer's case, once "holds"
+        ({0: 1.0, 1: 1.0, 2: 1.0}, 5, "holds"),  # (1/120)^3
+        ({0: -1.0, 1: -1.0, 2: -1.0}, 5, "does not hold"),  # an inverted trade-off at every seed
+        ({0: 0.9, 1: 0.7, 2: 1.0}, 5, "holds"),  # spread: the t interval, [0.49, 1.0] after clipping
+        ({0: 0.5, 1: -0.5, 2: 0.5}, 3, "inconclusive"),
+    ],
+)
+def test_tradeoff_verdict(rhos: dict[int, float], points: int, expected: str) -> None:
+    assert tradeoff_verdict(rhos, points)[1] == expected
 
 
 def test_paired_differences_pair_by_seed_and_leave_out_unmatched_seeds() -> None:
@@ -414,6 +450,8 @@ def test_results_page_from_a_hand_made_evidence_directory(tmp_path: Path, monkey
         # firm's points dominate fedavg's (twice the gain) and mgda's (0.05, 0.05) at every seed
         "hypervolume: FIRM - fedavg > 0": "holds",
         "hypervolume: FIRM - mgda > 0": "holds",
+        # FIRM's point at p = (.5, .5): ((0.1 + e)^2) against mgda's 0.05^2
+        "hypervolume, one point each (FIRM at p nearest uniform): FIRM - mgda > 0": "holds",
         # 0.1 - (0.1 + (0.05, -0.05, 0.01)): -0.05, 0.05, -0.01 -> contains 0
         "drift.updates (mean over rounds): FIRM - mgda < 0": "inconclusive",
         # 0.1 - (0.2 + e) = -0.10, -0.11, -0.12
@@ -443,3 +481,29 @@ def test_results_page_from_a_hand_made_evidence_directory(tmp_path: Path, monkey
     assert "## FIRM vs FedAvg at the same preference" in page
     for name in ("front", "rewards", "drift"):
         assert (docs / "results" / f"{name}.png").stat().st_size > 1000
+
+
+def _separation_sweep(d_a: float, d_b: float) -> Sweep:
+    """FedAvg at p = (1, 0) and (0, 1), one seed: the first minus the second is (d_a, d_b) on every one of
+    4 prompts but for a +-0.001 jitter (paired SE 0.001 / sqrt(4) * 2 / sqrt(3) ~ 0.00058)."""
+    jitter = [0.001, -0.001, 0.001, -0.001]
+    runs = {
+        (1.0, 0.0): [[0.5 + d_a + j, 0.5 + d_b] for j in jitter],
+        (0.0, 1.0): [[0.5, 0.5 + j] for j in jitter],
+    }
+    points = [
+        _point("fedavg", 0, pref, Run(Path("r"), metrics=[], summary={"final_eval_prompt_means": means}))
+        for pref, means in runs.items()
+    ]
+    return Sweep(Path("sw"), data={"seeds": [0]}, objectives=NAMES, points=points)
+
+
+def test_the_budget_check_asks_each_extreme_to_win_its_own_objective() -> None:
+    results = _results_module()
+    adequate = "\n".join(results.budget_section(_separation_sweep(0.05, -0.04), NAMES))
+    assert "| yes |" in adequate and "at every seed" in adequate
+    # the reviewer's example: |d| > 3 SE on both, but p = (1, 0) lost on a and won on b: an inverted trade-off
+    inverted = "\n".join(results.budget_section(_separation_sweep(-0.05, 0.04), NAMES))
+    assert "| no |" in inverted and "The budget is too small" in inverted
+    three = results.budget_section(_separation_sweep(0.05, -0.04), ["a", "b", "c"])
+    assert "defined for two objectives" in three[-1]

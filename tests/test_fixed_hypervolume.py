@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from firm.pareto import common_base, hypervolume_report, improvement_hypervolume, pareto_summary
+from firm.pareto import common_base, hypervolume_report, improvement_hypervolume, pareto_summary, seeded_pareto
 
 BASE = [0.60, 0.90]
 
@@ -42,3 +42,26 @@ def test_the_sweeps_base_is_used_only_when_every_point_shares_it() -> None:
     assert common_base(same, names) == [0.6, 0.9]
     assert common_base([*same, None], names) is None  # a point of an older firm without initial_eval
     assert common_base([{"a": 0.6, "b": 0.9}, {"a": 0.61, "b": 0.9}], names) is None  # another held-out set or seed
+
+
+def test_a_base_evaluated_on_another_cpu_is_still_the_same_reference() -> None:
+    """A sweep resumed on another machine: the same base model, prompts and seeds evaluated in float32 gave
+    helpfulness 0.6661256877705455 in some runs and 0.6661256952211261 in others (issue 17's evidence run).
+    That is one reference (their mean), not a reason to drop the fixed reference."""
+    names = ["a", "b"]
+    here, there = {"a": 0.6661256877705455, "b": 0.36}, {"a": 0.6661256952211261, "b": 0.36}
+    base = common_base([here, there, here], names)
+    assert base is not None
+    assert base[0] == pytest.approx((2 * 0.6661256877705455 + 0.6661256952211261) / 3, abs=1e-15) and base[1] == 0.36
+    assert common_base([here, {"a": 0.6661256877705455 + 2e-6, "b": 0.36}], names) is None  # beyond BASE_TOLERANCE
+
+
+def test_seeds_never_mix_the_fixed_and_the_normalised_units() -> None:
+    """Seed 1 has no common base: it is left out and named, not normalised min-max beside seed 0's improvement HV."""
+    finals = {"firm": {0: [[0.70, 0.95]], 1: [[0.70, 0.95]]}, "mgda": {0: [[0.65, 0.92]], 1: [[0.40, 0.70]]}}
+    out = seeded_pareto(finals, {0: BASE, 1: None})
+    assert out is not None and list(out["by_seed"]) == ["0"] and out["unreferenced_seeds"] == ["1"]
+    assert out["hypervolume"]["firm"] == pytest.approx(0.1 * 0.05) and out["interval"]["firm"]["n"] == 1
+    assert out["reference"] == BASE
+    older = seeded_pareto(finals, {0: None, 1: None})  # no seed has a base (an older sweep): each normalised
+    assert older is not None and "unreferenced_seeds" not in older and set(older["by_seed"]) == {"0", "1"}

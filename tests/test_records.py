@@ -96,3 +96,12 @@ def test_the_saver_saves_in_the_background_and_on_exit(tmp_path: Path) -> None:
     assert data is not None and "sweep/b-s0/summary.json" in data["files"]  # the save on exit
     with RecordSaver(out, None, {"k": 1}):  # no archive: nothing written, no thread
         pass
+
+
+def test_a_key_with_tuples_matches_its_saved_self(tmp_path: Path) -> None:
+    out, archive = tmp_path / "out", tmp_path / "runs.json.gz"
+    key = {"learning_rates": {"firm": ("adam", 5e-3)}, "sigmas": (0.5, 2.0)}  # JSON turns the tuples into lists
+    _run_dir(out / "grid" / "firm-s0", "completed")
+    save_records(out, archive, key)
+    assert restore_records(tmp_path / "fresh", archive, key) == 1
+    assert save_records(tmp_path / "fresh", archive, key) == 1  # the same key: merged, not replaced

@@ -7,7 +7,10 @@ sampling seeds and client partition: firm.sweep). An `Estimate` is the mean over
 
 A claim "x > 0" (or "x < 0") is decided by `verdict`: **holds** when the whole interval is on the
 claimed side of 0, **does not hold** when the whole interval is on the other side (or at 0),
-**inconclusive** when it contains 0 or there is no interval (fewer than 2 seeds).
+**inconclusive** when it contains 0 or there is no interval (fewer than 2 seeds). A zero-width
+interval away from 0 (every seed gave the same value: a discrete statistic such as a rank
+correlation over a few points) is no evidence by itself and is inconclusive; the ordered trade-off
+then decides by the exact null distribution instead (`tradeoff_verdict`).
 
 Per-run statistics (held-out rewards r_m(t) at rounds t = 0..R, t = 0 the base model):
 
@@ -18,11 +21,13 @@ Per-run statistics (held-out rewards r_m(t) at rounds t = 0..R, t = 0 the base m
   every objective improved early (> 0) or some objective was given up;
 - `spearman_tradeoff` (ordered trade-off): Spearman's rho between p_m and the achieved r_m(R)
   across an arm's preference points at one seed;
-- `gain_per_mb`: mean_m [r_m(R) - r_m(0)] per MB uploaded by all clients over the run.
+- `gain_per_mb`: mean_m [r_m(R) - r_m(0)] per MB (1e6 bytes) uploaded by all clients over the run,
+  per seed from the arm's means, where that gain is positive.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
@@ -41,6 +46,8 @@ def verdict(estimate: Estimate, direction: Literal[">", "<"]) -> Verdict:
     if estimate.n < 2 or not (math.isfinite(estimate.low) and math.isfinite(estimate.high)):
         return "inconclusive"
     low, high = (estimate.low, estimate.high) if direction == ">" else (-estimate.high, -estimate.low)
+    if low == high != 0:  # no spread over the seeds: the t interval says nothing
+        return "inconclusive"
     if low > 0:
         return "holds"
     if high <= 0:
@@ -84,13 +91,51 @@ def spearman_tradeoff(preferences: Sequence[Sequence[float]], finals: Sequence[S
     return float(stats.spearmanr(p, r).statistic)
 
 
-def gain_per_mb(run: Run, names: Sequence[str]) -> float:
-    """Mean reward gain over objectives per MB (1e6 bytes) uploaded in the run (nan with no upload)."""
+def spearman_null_tail(rho: float, k: int) -> float:
+    """P(Spearman's rho >= `rho`) over k untied points when p and r are unrelated: the exact share of
+    the k! rankings (k <= 8), with a 1e-9 slack for float rho."""
+    if not 3 <= k <= 8:
+        raise ValueError(f"the exact null needs 3 to 8 points, got {k}")
+    denom = k * (k * k - 1)
+    rhos = [1.0 - 6.0 * sum((i - j) ** 2 for i, j in enumerate(perm)) / denom for perm in itertools.permutations(range(k))]
+    return sum(r >= rho - 1e-9 for r in rhos) / len(rhos)
+
+
+def tradeoff_verdict(rhos: dict[int, float], points: int, level: float = 0.95) -> tuple[Estimate, Verdict]:
+    """The ordered trade-off "rho > 0" from per-seed rhos over `points` preferences: `verdict` of the t
+    interval, except when every seed gave the same rho (no spread). Then seeds are independent draws
+    under the null, so P(all n seeds >= rho) = tail^n (`spearman_null_tail`): holds when that is below
+    (1 - level) / 2, does not hold when P(all n <= rho) is, else inconclusive. Two seeds at rho = 0.5 over
+    3 points: 0.5^2 = 0.25, inconclusive; three seeds at rho = 1 over 5 points: (1/120)^3, holds."""
+    estimate = over(rhos)
+    estimate = Estimate(estimate.mean, max(estimate.low, -1.0), min(estimate.high, 1.0), estimate.n)  # within [-1, 1]
+    values = set(rhos.values())
+    if estimate.n < 2 or len(values) != 1 or not 3 <= points <= 8:
+        return estimate, verdict(estimate, ">")
+    rho, alpha = values.pop(), (1.0 - level) / 2.0
+    if rho > 0 and spearman_null_tail(rho, points) ** estimate.n < alpha:
+        return estimate, "holds"
+    if rho <= 0 and spearman_null_tail(-rho, points) ** estimate.n < alpha:  # rho is symmetric under the null
+        return estimate, "does not hold"
+    return estimate, "inconclusive"
+
+
+def mean_gain(run: Run, names: Sequence[str]) -> float:
+    """Mean over objectives of the final held-out reward minus the base model's."""
+    return sum(run.final_eval[n] - run.base_eval[n] for n in names) / len(names)
+
+
+def upload_mb(run: Run) -> float:
+    """MB (1e6 bytes) uploaded by all clients over the run (nan with none)."""
     up, _ = run.total_bytes
-    if up <= 0:
-        return math.nan
-    gain = sum(run.final_eval[n] - run.base_eval[n] for n in names) / len(names)
-    return gain / (up / 1e6)
+    return up / 1e6 if up > 0 else math.nan
+
+
+def gain_per_mb(gains: dict[int, float], mbs: dict[int, float]) -> dict[int, float]:
+    """seed -> mean gain / MB uploaded, from an arm's per-seed means (`per_seed` of `mean_gain`, `upload_mb`),
+    only at the seeds where the gain is positive: a negative gain over more bytes would come out nearer 0
+    and look better, so a ratio is defined only for a gain."""
+    return {s: g / mbs[s] for s, g in gains.items() if g > 0 and s in mbs and mbs[s] > 0}
 
 
 def upload_per_client_round(run: Run) -> float:

@@ -88,11 +88,17 @@ def sweep_pareto(sweep: Sweep) -> tuple[dict[str, Any] | None, str]:
     pareto = sweep.data.get("pareto")
     if isinstance(pareto, dict) and isinstance(pareto.get("hypervolume"), dict):
         return pareto, "sweep.json"
-    finals = {label: {s: [p.final for p in sweep.usable(label, s)] for s in sweep.seeds} for label in sweep.arms}
-    computed = seeded_pareto(finals, seed_bases(sweep), level=LEVEL)
+    computed = runs_pareto(sweep)
     if computed is None:
         return None, "no completed points"
     return computed, "computed here from the completed points: sweep.json has none yet"
+
+
+def runs_pareto(sweep: Sweep) -> dict[str, Any] | None:
+    """The hypervolumes over seeds computed from the usable points' runs now (firm.pareto.seeded_pareto), by
+    this firm, whatever firm wrote sweep.json; None when no point is usable."""
+    finals = {label: {s: [p.final for p in sweep.usable(label, s)] for s in sweep.seeds} for label in sweep.arms}
+    return seeded_pareto(finals, seed_bases(sweep), level=LEVEL)
 
 
 def hypervolume_estimate(pareto: Mapping[str, Any] | None, label: str) -> Estimate:
