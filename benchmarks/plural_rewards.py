@@ -23,7 +23,7 @@ Two stages, each resumable (a finished run is skipped, a run cut short resumes f
 
 Figures (`docs/rewards/results.md`, written by this script): alignment score (mean, worst, spread over
 groups) on seen groups' test items and on unseen groups, final round, mean and 95 % t-interval over
-seeds (`firm.pareto.mean_interval`); paired differences to centralized; convergence speed: the first
+seeds (`firm.intervals.mean_interval`); paired differences to centralized; convergence speed: the first
 round and the items trained on at which the seen mean alignment reaches a target, 50 %, 80 % and 95 %
 of the way from the initial to centralized's final alignment (means over seeds); and a no-learning reference,
 each group's context-rating histogram as the prediction for every item (the few-shot information
@@ -49,7 +49,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 
-from firm.pareto import mean_interval
+from firm.intervals import mean_interval
 from firm.provenance import machine
 from firm.rewards.config import RewardConfig, load_reward_config
 from firm.rewards.metrics import fairness, group_alignment
@@ -183,7 +183,7 @@ def write_page(page: Path, out: Path, results: dict[str, list[dict[str, Any]]], 
         f"- **Machine:** {m['cpu']}, {m['cores']} cores; torch {m['torch']}, Python {m['python']}; commit {m['commit']}",
         f"- **Date:** {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time of this invocation {(time.time() - started) / 60:.0f} min",
         f"- **Seeds:** {', '.join(map(str, seeds))} (`train.seed`; `data.seed` = 0 fixed: the same split, groups and evaluation contexts in every run)",
-        "- Intervals: 95 % Student-t over seeds (`firm.pareto.mean_interval`). Alignment = 1 - JS distance (docs/algorithms/plural-rewards.md).",
+        "- Intervals: 95 % Student-t over seeds (`firm.intervals.mean_interval`). Alignment = 1 - JS distance (docs/algorithms/plural-rewards.md).",
         "",
         "## Alignment score at the last round",
         "",

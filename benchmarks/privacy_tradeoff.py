@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from firm.pareto import mean_interval
+from firm.intervals import mean_interval
 from firm.provenance import machine
 from firm.records import RecordSaver, RecordsError, restore_records
 from firm.sweep import run_point

@@ -12,7 +12,7 @@ import pytest
 
 from firm.config import ConfigError, read_config
 from firm.data import split_prompts
-from firm.pareto import interval_record, mean_interval
+from firm.intervals import interval_record, mean_interval
 from firm.report import comparison_table, load_sweep, write_comparison
 from firm.report.seeds import Estimate, front_points
 from firm.sweep import Arm, parse_seeds, sweep

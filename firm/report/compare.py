@@ -4,7 +4,7 @@
 (firm.report.load), and writes sweep_dir/plots/{front,hv_rounds,rewards,drift,reward_vs_bytes}.png
 (firm.report.compare_plots) and a self-contained sweep_dir/comparison.html; `comparison_table(sweep_dir)`
 is the plain-text table `firm compare` prints. Every figure is the mean over the arm's seeds with the
-half-width of its 95 % Student-t interval (firm.report.seeds, firm.pareto.mean_interval); with one
+half-width of its 95 % Student-t interval (firm.report.seeds, firm.intervals.mean_interval); with one
 seed, the value alone. Points that did not complete, whose run directory is missing or unreadable,
 or that have no final eval are left out of every figure and listed on the page. A field a run does
 not record (the references have no drift) shows as n/a. The hypervolumes are sweep.json's.

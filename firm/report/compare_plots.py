@@ -10,7 +10,7 @@
 No hypervolume is computed in this module. The final points' are sweep.json's "pareto", written by
 firm.pareto.seeded_pareto, which firm.report.seeds.sweep_pareto also calls while a sweep in progress
 has not written it yet; the per-round ones are firm.pareto.hypervolume_by_round of each seed's
-points' evals. Means and intervals over seeds: firm.report.seeds (firm.pareto.mean_interval).
+points' evals. Means and intervals over seeds: firm.report.seeds (firm.intervals.mean_interval).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A sweep's figures over its seeds: per arm, the mean over the seeds and the 95 % Student-t interval
-(firm.pareto.mean_interval, n - 1 degrees of freedom), as the comparison's table and plots show them.
+(firm.intervals.mean_interval, n - 1 degrees of freedom), as the comparison's table and plots show them.
 
     Estimate       one figure over seeds: mean, interval, n; "0.5123 ± 0.0210" (one seed: the value alone)
     seed_bases     each seed's base model rewards, the hypervolume reference of that seed's points
@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from firm.pareto import common_base, mean_interval, seeded_pareto
+from firm.intervals import mean_interval
+from firm.pareto import common_base, seeded_pareto
 from firm.report.load import Sweep, SweepPoint
 
 LEVEL = 0.95
@@ -41,7 +42,7 @@ class Estimate:
 
     @classmethod
     def from_record(cls, record: Any) -> Estimate:
-        """From firm.pareto.interval_record's JSON (a bare number: one seed of an older sweep.json)."""
+        """From firm.intervals.interval_record's JSON (a bare number: one seed of an older sweep.json)."""
         if isinstance(record, int | float):
             return cls(float(record), math.nan, math.nan, 1)
         if not isinstance(record, dict) or record.get("mean") is None:
