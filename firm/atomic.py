@@ -1,14 +1,18 @@
 """Plumbing: crash-safe writes. A file goes to a temp name and is renamed into place; a directory
 is built beside its target and swapped in by renames, the old one kept aside until the new one is
 in (`recover_replaced` undoes a swap a crash interrupted). Both get the modes a plain create gives.
+`deferred_interrupt` holds a Ctrl-C back while a few statements must happen all or not at all.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -96,3 +100,27 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Run the block with SIGINT held back: a Ctrl-C that arrives inside it raises KeyboardInterrupt as
+    the block ends, so the block's statements happen all or not at all. Outside the main thread (where
+    Python cannot set a handler), or when SIGINT is not Python's default handler, the block runs as is.
+
+    Python delivers a signal between two bytecodes, so without this a Ctrl-C may land between writing a
+    round's metrics row and publishing the round as the state to checkpoint (firm.train)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

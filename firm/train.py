@@ -21,6 +21,7 @@ from firm import checkpoint
 from firm.aggregation import weights_drift
 from firm.algorithms import Algorithm
 from firm.algorithms.protocol import ServerState
+from firm.atomic import deferred_interrupt
 from firm.codec import Adapter, encode
 from firm.config import REFERENCES, Config, ConfigError, LoraConfig, ModelConfig
 from firm.data import FederatedPrompts, Prompt, data_seed, split_prompts
@@ -297,13 +298,14 @@ def run(
             }
             if ledger is not None:
                 row["privacy"] = ledger.record(sum(c not in outcome.dropped for c in outcome.client_ids))
-            run_dir.append_metrics(row)
-            metrics.append(row)
-            # The round is complete only now: its results become the state to checkpoint and resume from.
-            global_adapter = outcome.global_adapter
-            client_states = copy.deepcopy(rounds.client_states)
-            server_state = outcome.server_state
-            ledger_state = ledger.state_dict() if ledger is not None else {}
+            with deferred_interrupt():  # the row and the state it names: both or neither (a Ctrl-C waits)
+                run_dir.append_metrics(row)
+                metrics.append(row)
+                # The round is complete only now: its results become the state to checkpoint and resume from.
+                global_adapter = outcome.global_adapter
+                client_states = copy.deepcopy(rounds.client_states)
+                server_state = outcome.server_state
+                ledger_state = ledger.state_dict() if ledger is not None else {}
             if round_idx % config.output.checkpoint_every == 0 or round_idx == fed.rounds:
                 save_checkpoint(round_idx, global_adapter, client_states, server_state)
                 last_saved = round_idx

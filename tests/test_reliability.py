@@ -177,6 +177,59 @@ def test_too_few_clients_retries_then_stops_with_a_clear_error_and_keeps_state(t
     assert (run_dir / "checkpoints" / "round_0002" / "global.safetensors").is_file()
 
 
+@pytest.mark.parametrize("where", ["after the row", "during the state copy"])
+def test_ctrl_c_right_after_a_rounds_row_checkpoints_that_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """SIGINT lands the moment round 2's row is on disk (what test_ctrl_c_saves_the_last_completed_round's
+    poll hits when the run is quick), or while the round's client states are copied: the checkpoint is
+    round 2, whole (a round half committed once saved round 2's label on round 1's states)."""
+    import copy
+
+    from firm.rundir import RunDir
+
+    append, deepcopy = RunDir.append_metrics, copy.deepcopy
+    armed: list[bool] = []
+
+    def append_then_interrupt(self: RunDir, row: dict[str, Any]) -> None:
+        append(self, row)
+        if row["round"] == 2 and where == "after the row":
+            os.kill(os.getpid(), signal.SIGINT)  # delivered at the next bytecode: right after the row
+        armed.append(row["round"] == 2 and where == "during the state copy")
+
+    def copy_then_interrupt(value: Any, memo: Any = None) -> Any:
+        out = deepcopy(value, memo)
+        if armed and armed[-1]:  # the first copy after round 2's row: the round's client states
+            armed.append(False)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(RunDir, "append_metrics", append_then_interrupt)
+    monkeypatch.setattr("firm.train.copy.deepcopy", copy_then_interrupt)
+    # fedcmoo: a server state (its warm-start weights) that round 2 changes, so a checkpoint mixing rounds shows
+    setup = ["federation.rounds=4", "output.checkpoint_every=100", "algorithm.name=fedcmoo"]
+    config = tiny_config(tmp_path, *setup, "output.name=sig")
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    run_dir = tmp_path / "sig"
+    assert [r["round"] for r in rows(run_dir)] == [1, 2]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round_0002"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 2
+    monkeypatch.undo()
+    kept = tmp_path / "round_0002"  # resume writes further checkpoints: keep the interrupted one to compare
+    shutil.copytree(run_dir / "checkpoints" / "round_0002", kept)
+    # the checkpoint is round 2's whole state: resuming gives the uninterrupted run's adapter
+    resumed = resume(run_dir)
+    whole = run(tiny_config(tmp_path, *setup, "output.checkpoint_every=1", "output.name=whole"))
+    assert [r["round"] for r in rows(run_dir)] == [1, 2, 3, 4]
+    for name in ("global.safetensors", "state.safetensors", "state.json"):  # round 2's state, bit for bit
+        ours = (kept / name).read_bytes()
+        assert ours == (tmp_path / "whole" / "checkpoints" / "round_0002" / name).read_bytes(), name
+    for name, tensor in whole.final_adapter.items():
+        assert torch.equal(resumed.final_adapter[name], tensor), name
+
+
 def test_nan_updates_are_never_averaged(tmp_path: Path) -> None:
     def wrapper(round_idx: int, client_id: int, call: Any) -> ClientUpdate:
         update: ClientUpdate = call()
