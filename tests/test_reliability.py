@@ -207,7 +207,7 @@ def test_ctrl_c_right_after_a_rounds_row_checkpoints_that_round(
     monkeypatch.setattr(RunDir, "append_metrics", append_then_interrupt)
     monkeypatch.setattr("firm.train.copy.deepcopy", copy_then_interrupt)
     # fedcmoo: a server state (its warm-start weights) that round 2 changes, so a checkpoint mixing rounds shows
-    setup = ["federation.rounds=4", "output.checkpoint_every=100", "algorithm.name=fedcmoo"]
+    setup = ["federation.rounds=3", "output.checkpoint_every=100", "algorithm.name=fedcmoo"]
     config = tiny_config(tmp_path, *setup, "output.name=sig")
     with pytest.raises(KeyboardInterrupt):
         run(config)
@@ -222,7 +222,7 @@ def test_ctrl_c_right_after_a_rounds_row_checkpoints_that_round(
     # the checkpoint is round 2's whole state: resuming gives the uninterrupted run's adapter
     resumed = resume(run_dir)
     whole = run(tiny_config(tmp_path, *setup, "output.checkpoint_every=1", "output.name=whole"))
-    assert [r["round"] for r in rows(run_dir)] == [1, 2, 3, 4]
+    assert [r["round"] for r in rows(run_dir)] == [1, 2, 3]
     for name in ("global.safetensors", "state.safetensors", "state.json"):  # round 2's state, bit for bit
         ours = (kept / name).read_bytes()
         assert ours == (tmp_path / "whole" / "checkpoints" / "round_0002" / name).read_bytes(), name
