@@ -290,9 +290,19 @@ def tuning_section(tuning: dict[str, Any]) -> list[str]:
         return ["## Learning rates", "", "Not tuned (quick profile): each grid's middle value."]
     lines = ["## Learning rates (chosen on the validation split)", "", f"Criterion: {tuning['criterion']}.", ""]
     lines += ["| algorithm | " + "lr: score | " * 1 + "chosen |", "|---|---|---|"]
+    edges = []
     for label, scores in tuning["scores"].items():
         shown = ", ".join(f"{lr}: {s:+.4f}" for lr, s in scores.items())
-        lines.append(f"| {label} | {shown} | {tuning['chosen'][label]} |")
+        grid, chosen = sorted(float(lr) for lr in scores), float(tuning["chosen"][label])
+        edge = len(grid) > 1 and chosen in (grid[0], grid[-1])
+        if edge:
+            edges.append(label)
+        lines.append(f"| {label} | {shown} | {tuning['chosen'][label]}{' (grid edge)' if edge else ''} |")
+    if edges:
+        lines.append(
+            f"\nChosen at an edge of its grid: {', '.join(edges)}. The best rate may lie beyond it; every algorithm "
+            "had the same number of grid points and one tuning seed, and the grid was not widened afterwards."
+        )
     return lines
 
 

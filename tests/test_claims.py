@@ -407,6 +407,15 @@ def _evidence_dir(root: Path) -> Path:
         "learning_rates": {"firm": 0.01},
     }
     (root / "evidence.json").write_text(json.dumps(evidence), encoding="utf-8")
+    tuning = {
+        "criterion": "validation gain",
+        "scores": {
+            "firm": {"0.002": 0.01, "0.005": 0.08, "0.0125": 0.0},
+            "fedavg": {"0.002": 0.0, "0.005": 0.01, "0.0125": 0.02},
+        },
+        "chosen": {"firm": 0.005, "fedavg": 0.0125},
+    }
+    (root / "tuning.json").write_text(json.dumps(tuning), encoding="utf-8")
     return root
 
 
@@ -479,6 +488,9 @@ def test_results_page_from_a_hand_made_evidence_directory(tmp_path: Path, monkey
     # FedAvg's extreme preferences differ by 0.1 on each objective over a paired SE of about 0.001: adequate
     assert "**The budget separates FedAvg's extreme preferences at every seed.**" in page
     assert "## FIRM vs FedAvg at the same preference" in page
+    assert "| fedavg | 0.002: +0.0000, 0.005: +0.0100, 0.0125: +0.0200 | 0.0125 (grid edge) |" in page
+    assert "| firm | 0.002: +0.0100, 0.005: +0.0800, 0.0125: +0.0000 | 0.005 |" in page
+    assert "Chosen at an edge of its grid: fedavg." in page
     for name in ("front", "rewards", "drift"):
         assert (docs / "results" / f"{name}.png").stat().st_size > 1000
 
