@@ -115,9 +115,9 @@ def test_spearman_tradeoff_by_hand() -> None:
     four_r = [(0.6, 0.0), (0.7, 0.0), (0.5, 0.0), (0.8, 0.0)]
     assert spearman_tradeoff(four_p, four_r, 0) == pytest.approx(0.8)
     assert math.isnan(spearman_tradeoff(prefs[:2], ordered[:2], 0))  # fewer than 3 points
-    assert math.isnan(spearman_tradeoff(prefs, [(0.6, 0.5), (0.6, 0.6), (0.6, 0.7)], 0))  # constant reward
+    assert spearman_tradeoff(prefs, [(0.6, 0.5), (0.6, 0.6), (0.6, 0.7)], 0) == 0.0  # constant reward: no ordering
     assert math.isnan(spearman_tradeoff([(0.5, 0.5)] * 3, ordered, 0))  # constant preference
-    assert math.isnan(spearman_tradeoff(four_p, four_r, 1))  # r_b constant
+    assert spearman_tradeoff(four_p, four_r, 1) == 0.0  # r_b constant: counted as no ordering, not dropped
 
 
 def test_paired_separation_by_hand() -> None:

@@ -83,11 +83,15 @@ def worst_early_change(curve: Sequence[Sequence[float]], rounds: int) -> float:
 
 
 def spearman_tradeoff(preferences: Sequence[Sequence[float]], finals: Sequence[Sequence[float]], m: int) -> float:
-    """Spearman's rho between p_m and r_m across preference points (nan with fewer than 3 or a constant column)."""
+    """Spearman's rho between p_m and r_m across preference points: nan with fewer than 3 points or a constant
+    p_m (nothing to rank against), 0 when r_m is the same at every p (no ordering shown: counted, not dropped,
+    so a seed without a trade-off weighs against the claim)."""
     p = [pref[m] for pref in preferences]
     r = [f[m] for f in finals]
-    if len(p) < 3 or len(set(p)) < 2 or len(set(r)) < 2:
+    if len(p) < 3 or len(set(p)) < 2:
         return math.nan
+    if len(set(r)) < 2:
+        return 0.0
     return float(stats.spearmanr(p, r).statistic)
 
 
