@@ -199,6 +199,11 @@ def claims_section(
         rows.append((f"reward gained per MB uploaded: FIRM - {b} > 0", _t(e, "{:+.5f}"), verdict(e, ">")))
     lines = ["## Claims", "", "| claim | measured: mean [95 % interval over seeds] | verdict |", "|---|---|---|"]
     lines += [f"| {c} | {m} | {_bold(v)} |" for c, m, v in rows]
+    lines.append(
+        f"\n{len(rows)} claims, each decided by its own 95 % interval, with no multiple-comparison correction: "
+        f"were there no effect at all, about {0.025 * len(rows):.1f} of them would read **holds** by chance "
+        "(and as many **does not hold**)."
+    )
     return lines
 
 
