@@ -290,6 +290,17 @@ def references_section(out: Path, sweep: Sweep, names: list[str]) -> list[str]:
     return lines
 
 
+def run_hours(out: Path) -> float:
+    """Hours: the sum of `wall_time_s` over the completed runs' summaries under `out/*/*/` (machine time,
+    kept even when an invocation was cut short and never wrote its own wall time)."""
+    total = 0.0
+    for path in out.glob("*/*/summary.json"):
+        summary = _read(path)
+        if summary.get("status") == "completed":
+            total += float(summary.get("wall_time_s") or 0.0)
+    return total / 3600.0
+
+
 def tuning_section(tuning: dict[str, Any]) -> list[str]:
     if not tuning:
         return ["## Learning rates", "", "Not tuned (quick profile): each grid's middle value."]
@@ -360,7 +371,9 @@ def main() -> int:
         f"- **Task:** `{evidence.get('task')}` (docs/tasks.md), objectives {', '.join(names)}",
         f"- **Machine:** {machine.get('cpu')}, {machine.get('cores')} cores; torch {machine.get('torch')}, Python {machine.get('python')}",
         f"- **Commit:** {machine.get('commit')}; started {evidence.get('started')}, finished {evidence.get('finished', 'not yet')}; "
-        f"wall time {evidence.get('wall_time_s', float('nan')) / 60:.0f} min",
+        f"wall time {evidence.get('wall_time_s', float('nan')) / 60:.0f} min (the invocations that ran to their end)",
+        f"- **Run time:** {run_hours(args.out):.1f} h, the sum of every completed run's own wall time (tuning, sweep, "
+        "references; one compute thread each; with `--jobs 2` two run at once), whatever stopped the invocations",
         *(
             f"- **Invocation {k + 1}:** commit {inv['machine'].get('commit')}, {inv['machine'].get('cpu')}, "
             f"{inv['started']} to {inv['finished']}, {inv['wall_time_s'] / 60:.0f} min, {inv.get('jobs', 1)} worker(s)"

@@ -353,6 +353,7 @@ def _write_run(
         "final_eval_prompt_means": [[final[n] + noise * z for n in NAMES] for z in PROMPT_NOISE],
         "total_upload_bytes": upload * len(rows),
         "total_download_bytes": 2 * upload * len(rows),
+        "wall_time_s": 360.0,
     }
     (path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return final
@@ -491,6 +492,7 @@ def test_results_page_from_a_hand_made_evidence_directory(tmp_path: Path, monkey
     assert "| fedavg | 0.002: +0.0000, 0.005: +0.0100, 0.0125: +0.0200 | 0.0125 (grid edge) |" in page
     assert "| firm | 0.002: +0.0100, 0.005: +0.0800, 0.0125: +0.0000 | 0.005 |" in page
     assert "Chosen at an edge of its grid: fedavg." in page
+    assert "- **Run time:** 2.1 h, the sum of every completed run's own wall time" in page  # 21 runs x 6 min
     for name in ("front", "rewards", "drift"):
         assert (docs / "results" / f"{name}.png").stat().st_size > 1000
 
