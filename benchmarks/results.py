@@ -170,7 +170,9 @@ def claims_section(
 
     def hv_of(label: str) -> dict[int, float]:
         return {
-            int(s): summary["hypervolume"][label] for s, summary in by_seed.items() if label in summary.get("hypervolume", {})
+            int(s): summary["hypervolume"][label]
+            for s, summary in by_seed.items()
+            if s.isdigit() and label in summary.get("hypervolume", {})  # "None": a one-seed sweep of an older firm
         }
 
     for b in baselines:
@@ -213,6 +215,8 @@ def one_point_hypervolume(sweep: Sweep, hv: dict[str, Any], label: str) -> dict[
     by their number alone, so a one-point arm is compared with FIRM's one point too."""
     out: dict[int, float] = {}
     for s, summary in (hv.get("by_seed") or {}).items():
+        if not s.isdigit():  # "None": a one-seed sweep of an older firm, nothing to pair
+            continue
         point = sweep.central(label, int(s))
         if point is not None and "scales" in summary:
             out[int(s)] = improvement_hypervolume([list(point.final)], summary["reference"], summary["scales"])

@@ -3,6 +3,7 @@ from a hand-made evidence directory: verdicts, per-run statistics, per-seed pair
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -521,3 +522,17 @@ def test_the_budget_check_asks_each_extreme_to_win_its_own_objective() -> None:
     assert "| no |" in inverted and "The budget is too small" in inverted
     three = results.budget_section(_separation_sweep(0.05, -0.04), ["a", "b", "c"])
     assert "defined for two objectives" in three[-1]
+
+
+def test_an_older_one_seed_sweeps_hypervolume_gives_no_paired_row_and_no_error() -> None:
+    results = _results_module()
+    firm = _point("firm", None, (1.0, 0.0), Run(Path("r"), metrics=[]))
+    mgda = dataclasses.replace(_point("mgda", None, (0.5, 0.5), Run(Path("r"), metrics=[])), uses_preference=False)
+    points = [firm, mgda]
+    sweep = Sweep(Path("sw"), data={"seeds": []}, objectives=NAMES, points=points)
+    hv = {"by_seed": {"None": {"hypervolume": {"firm": 0.1, "mgda": 0.0}, "reference": [0.5, 0.5], "scales": [1.0, 1.0]}}}
+    stats: dict[str, dict[str, dict[int, float]]] = {
+        k: {"firm": {}, "mgda": {}} for k in ("drift", "oscillation", "early", "gain")
+    }
+    table = "\n".join(results.claims_section(sweep, NAMES, hv, stats))
+    assert "| hypervolume: FIRM - mgda > 0 | n/a | **inconclusive** |" in table
