@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/firm train
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=10
 
 # tests/conftest.py runs the fast suite on one thread per process; the SmolLM2 tests get every core
 test-slow: $(STAMP)
