@@ -63,7 +63,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 from firm.config import Config, ConfigError
 from firm.data import split_prompts
 from firm.provenance import machine
-from firm.records import RecordSaver, RecordsError, restore_records
+from firm.records import RecordSaver, resume_from
 from firm.sweep import Arm, arm_config, config_delta, run_point, sweep
 from firm.validation import load_config
 
@@ -303,12 +303,7 @@ def main() -> int:
     default = None if args.quick else Path("docs/results/runs.json.gz")
     records = default if args.records is None else (Path(args.records) if args.records else None)  # "" = no archive
     records_key = {"profile": profile_name, "task": json.loads(json.dumps(config_delta(task)))}
-    if records is not None:
-        try:
-            restored = restore_records(out, records, records_key)
-        except RecordsError as err:
-            raise SystemExit(f"evidence: {err}") from err
-        print(f"evidence: {restored} completed runs restored from {records}", file=sys.stderr)
+    resume_from(out, records, records_key, "evidence")
     with RecordSaver(out, records, records_key, STAGE_FILES, label="evidence"):
         return _stages(args, profile_name, profile, task, swept, out, stages)
 

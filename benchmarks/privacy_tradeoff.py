@@ -50,7 +50,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from firm.intervals import mean_interval
 from firm.provenance import machine
-from firm.records import RecordSaver, RecordsError, restore_records
+from firm.records import RecordSaver, resume_from
 from firm.sweep import run_point
 from firm.validation import load_config
 
@@ -176,12 +176,7 @@ def main() -> int:
     default = None if args.quick else Path("docs/results/privacy-runs.json.gz")
     records = default if args.records is None else (Path(args.records) if args.records else None)
     key = _records_key(args.quick)
-    if records is not None:
-        try:
-            restored = restore_records(args.out, records, key)
-        except RecordsError as err:
-            raise SystemExit(f"privacy: {err}") from err
-        print(f"privacy: {restored} completed runs restored from {records}", file=sys.stderr)
+    resume_from(args.out, records, key, "privacy")
     started = time.time()
     with RecordSaver(args.out, records, key, label="privacy"):
         if args.jobs > 1 and shards == 1:

@@ -102,6 +102,18 @@ def restore_records(out: Path, archive: Path, key: dict[str, Any]) -> int:
     return restored
 
 
+def resume_from(out: Path, archive: Path | None, key: dict[str, Any], label: str) -> None:
+    """A benchmark's first step: `restore_records` and say how many runs came back; an archive of another
+    key stops the benchmark with its message (SystemExit). `archive` None: nothing to restore."""
+    if archive is None:
+        return
+    try:
+        restored = restore_records(out, archive, key)
+    except RecordsError as err:
+        raise SystemExit(f"{label}: {err}") from err
+    print(f"{label}: {restored} completed runs restored from {archive}", file=sys.stderr)
+
+
 class RecordSaver:
     """Saves the records every `every` seconds in a background thread, and once more on exit; a context manager.
 

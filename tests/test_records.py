@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firm.records import RecordSaver, RecordsError, read_records, restore_records, save_records
+from firm.records import RecordSaver, RecordsError, read_records, restore_records, resume_from, save_records
 
 PLANS = ("sweep/sweep.json",)
 
@@ -105,3 +105,15 @@ def test_a_key_with_tuples_matches_its_saved_self(tmp_path: Path) -> None:
     save_records(out, archive, key)
     assert restore_records(tmp_path / "fresh", archive, key) == 1
     assert save_records(tmp_path / "fresh", archive, key) == 1  # the same key: merged, not replaced
+
+
+def test_resume_from_restores_or_stops_with_the_benchmarks_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, archive = tmp_path / "out", tmp_path / "runs.json.gz"
+    _run_dir(out / "grid" / "firm-s0", "completed")
+    save_records(out, archive, {"k": 1})
+    resume_from(tmp_path / "fresh", archive, {"k": 1}, "privacy")
+    assert "privacy: 1 completed runs restored" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"^privacy: .*another task or profile"):
+        resume_from(tmp_path / "other", archive, {"k": 2}, "privacy")
+    resume_from(tmp_path / "none", None, {"k": 1}, "privacy")  # no archive: nothing happens
+    assert not (tmp_path / "none").exists()
